@@ -1,0 +1,128 @@
+"""`python -m pipeline.main`: options -> config -> preflight -> build_pipeline -> summary.
+
+Why a preflight: a wrong model path or a spec that does not fit the model should
+fail on the launcher in a second, not on a GPU worker after minutes of start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.build import build_pipeline
+from pipeline.config import ConfigError, RunConfig
+from pipeline.options import InferenceOptions, config_from_options, help_text, unknown_flags
+from transforms.handlers.common import read_bytes, resolve_uri
+from transforms.handlers.onnx import check_input
+from transforms.io import BUNDLES, read_jsonl
+from transforms.metrics import percentile
+from transforms.records import METRICS_NAMESPACE
+
+LOG = logging.getLogger("pipeline.main")
+LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                 "FnApiRunner", "PrismRunner")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a local run prints at the end."""
+
+    ok: int
+    failed: int
+    wall_s: float
+    batch_p50_ms: float
+    batch_p95_ms: float
+    batches: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"summary: ok={self.ok} failed={self.failed} wall={self.wall_s:.2f}s "
+                f"images/s={self.images_per_s:.1f} batches={self.batches} "
+                f"batch_latency_ms p50={self.batch_p50_ms:.1f} p95={self.batch_p95_ms:.1f}")
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Fail before submission on what can be checked from the launcher."""
+    if cfg.input_list and not FileSystems.exists(cfg.input_list):
+        raise ConfigError(f"--input_list: {cfg.input_list} does not exist")
+    if cfg.backend == "onnx":
+        import onnxruntime as ort
+
+        data = read_bytes(cfg.model)
+        try:
+            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(
+                f"--model: {resolve_uri(cfg.model)} is not a loadable ONNX model: {exc}") from exc
+        check_input(resolve_uri(cfg.model), session.get_inputs(), cfg.spec.input_name,
+                    cfg.spec.input_dtype, cfg.spec.input_shape(1)[1:])
+    elif cfg.engine and not FileSystems.exists(cfg.engine):
+        raise ConfigError(f"--engine: {cfg.engine} does not exist")
+
+
+def _metric(result: beam.runners.runner.PipelineResult, name: str) -> int:
+    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE)
+                                   .with_name(name))
+    return int(sum(c.result for c in query["counters"]))
+
+
+def summarize(result: beam.runners.runner.PipelineResult, cfg: RunConfig,
+              wall_s: float) -> RunSummary:
+    batch_ms: List[float] = []
+    for record in read_jsonl(FileSystems.join(cfg.output, BUNDLES) + "-*.jsonl"):
+        batch_ms.extend(record["batch_ms"])
+    return RunSummary(ok=_metric(result, "images_ok"), failed=_metric(result, "images_failed"),
+                      wall_s=wall_s, batch_p50_ms=percentile(batch_ms, 50),
+                      batch_p95_ms=percentile(batch_ms, 95), batches=len(batch_ms))
+
+
+def run(argv: Optional[Sequence[str]] = None,
+        test_pipeline: Optional[beam.Pipeline] = None) -> Optional[RunSummary]:
+    """Run the pipeline; a local run blocks and returns its summary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(help_text())
+        return None
+    unknown = unknown_flags(argv)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown}; see python -m pipeline.main --help")
+    options = PipelineOptions(argv)
+    cfg = config_from_options(options.view_as(InferenceOptions))
+    preflight(cfg)
+    p = test_pipeline or beam.Pipeline(options=options)
+    build_pipeline(p, cfg)
+    start = time.perf_counter()
+    result = p.run()
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if test_pipeline is None and str(runner).split(".")[-1] not in LOCAL_RUNNERS:
+        LOG.info("submitted to %s; not waiting", runner)
+        return None
+    result.wait_until_finish()
+    summary = summarize(result, cfg, time.perf_counter() - start)
+    print(summary.line(), flush=True)
+    return summary
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

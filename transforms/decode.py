@@ -1,0 +1,154 @@
+"""Decode image bytes into an RGB HWC uint8 array, one image at a time.
+
+Why per image: Beam's RunInference dead-letter output fails a whole batch, so every
+decode failure is caught here, where it concerns exactly one URI.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.config import DecodeLimits, ModelSpec
+from transforms.records import Item, PerImageStageFn
+
+
+class DecodeError(ValueError):
+    """Base class: the bytes of one image could not become pixels."""
+
+
+class EmptyImage(DecodeError):
+    """The file has no bytes."""
+
+
+class ImageTooLarge(DecodeError):
+    """Bytes or pixels over the configured caps (decompression-bomb guard)."""
+
+
+class UndecodableImage(DecodeError):
+    """Not an image Pillow can read, or a truncated/corrupt one."""
+
+
+class UnsupportedMode(DecodeError):
+    """A Pillow mode this decoder has no correct RGB conversion for."""
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+_PLAIN_CONVERT = ("1", "L", "RGB", "CMYK", "YCbCr", "RGBX", "HSV")
+
+
+def check_size(nbytes: int, limits: DecodeLimits) -> None:
+    """Reject by byte count before anything is read into memory."""
+    if nbytes == 0:
+        raise EmptyImage("file is empty (0 bytes)")
+    if nbytes > limits.max_bytes:
+        raise ImageTooLarge(f"file has {nbytes} bytes; expected at most {limits.max_bytes}")
+
+
+def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{exc}; expected at most {limits.max_pixels} pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise UndecodableImage(
+            f"not a recognised image format (first bytes {data[:8]!r})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UndecodableImage(f"cannot open image: {exc}") from exc
+    w, h = img.size
+    if w * h > limits.max_pixels:
+        raise ImageTooLarge(
+            f"header declares {w}x{h} = {w * h} pixels; expected at most {limits.max_pixels}")
+    if w == 0 or h == 0:
+        raise UndecodableImage(f"header declares an empty image {w}x{h}")
+    return img
+
+
+def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
+    """Scale 0..65535 to 0..255 (Pillow's own convert("L") clips instead)."""
+    arr = np.asarray(img).astype(np.float64)
+    arr = np.clip(arr, 0, 65535) / 257.0
+    return Image.fromarray(np.rint(arr).astype(np.uint8))
+
+
+def _float_to_l(img: Image.Image) -> Image.Image:
+    """Mode F: values in [0, 1] are scaled to 0..255, anything else is clipped."""
+    arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        arr = arr * 255.0
+    return Image.fromarray(np.rint(np.clip(arr, 0, 255)).astype(np.uint8))
+
+
+def _composite(rgba: Image.Image, background: Optional[Tuple[float, float, float]]) -> np.ndarray:
+    if background is None:
+        return np.asarray(rgba.convert("RGB"))
+    arr = np.asarray(rgba, dtype=np.float32)
+    alpha = arr[..., 3:4] / 255.0
+    out = arr[..., :3] * alpha + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
+    return np.rint(out).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image, alpha_background: Optional[Tuple[float, float, float]]) -> np.ndarray:
+    """Any Pillow mode -> HWC uint8 RGB, with deliberate rules for the lossy ones."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode == "I":
+        # 32-bit "I" comes from 16-bit PNG/TIFF in older Pillows: same 0..65535 scale.
+        img = _sixteen_bit_to_l(img)
+    elif mode == "F":
+        img = _float_to_l(img)
+    elif mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in _WITH_ALPHA:
+        return _composite(img.convert("RGBA"), alpha_background)
+    if img.mode in _PLAIN_CONVERT:
+        return np.asarray(img.convert("RGB"))
+    raise UnsupportedMode(f"image mode {img.mode!r} has no RGB conversion here")
+
+
+def decode_image(
+    data: bytes,
+    limits: DecodeLimits = DecodeLimits(),
+    target_size: Optional[Tuple[int, int]] = None,
+    alpha_background: Optional[Tuple[float, float, float]] = (255.0, 255.0, 255.0),
+) -> np.ndarray:
+    """Bytes -> HWC uint8 RGB array, EXIF orientation applied.
+
+    ``target_size`` (height, width) lets large JPEGs decode at a reduced DCT scale
+    (``draft``); the request is twice the target per side so the later resize still
+    downsamples with antialiasing and quality is unchanged.
+    """
+    check_size(len(data), limits)
+    img = _open(data, limits)
+    try:
+        if target_size is not None and img.format == "JPEG":
+            side = 2 * max(target_size)
+            img.draft("RGB", (side, side))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img, alpha_background)
+    except DecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UndecodableImage(f"cannot decode {img.format or 'image'} data: {exc}") from exc
+
+
+class DecodeImage(PerImageStageFn):
+    """DoFn: Item(uri, bytes) -> Item(uri, HWC uint8 RGB); failures are dead letters."""
+
+    stage = "decode"
+
+    def __init__(self, spec: ModelSpec, limits: DecodeLimits) -> None:
+        super().__init__()
+        self._spec = spec
+        self._limits = limits
+
+    def apply(self, item: Item) -> np.ndarray:
+        return decode_image(item.payload, self._limits, self._spec.resize_size,
+                            self._spec.alpha_background)

@@ -1,0 +1,158 @@
+"""Reading images and writing every output through Beam's own file transforms.
+
+Why Beam's sinks: WriteToText/WriteToParquet write to temporary files and finalize
+them once, so a retried bundle never produces a second copy of a record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.config import DecodeLimits
+from transforms.decode import ImageTooLarge, check_size
+from transforms.records import DEAD_LETTER, Item, PerImageStageFn
+
+PREDICTIONS = "predictions"
+ERRORS = "errors"
+BUNDLES = "bundles"
+
+
+def manifest_uri(line: str) -> Optional[str]:
+    """One URI per line; blank lines and '#' comments are skipped."""
+    line = line.strip()
+    return None if not line or line.startswith("#") else line
+
+
+class ReadBytes(PerImageStageFn):
+    """DoFn: URI -> Item(uri, bytes), reading at most max_bytes + 1 so a huge file is
+    refused without being held in memory."""
+
+    stage = "read"
+
+    def __init__(self, limits: DecodeLimits) -> None:
+        super().__init__()
+        self._limits = limits
+
+    def apply(self, item: Item) -> bytes:
+        with FileSystems.open(item.uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read(self._limits.max_bytes + 1)
+        if len(data) > self._limits.max_bytes:
+            raise ImageTooLarge(
+                f"file has more than {self._limits.max_bytes} bytes; expected at most "
+                f"{self._limits.max_bytes}")
+        check_size(len(data), self._limits)
+        return data
+
+
+class ReadImages(beam.PTransform):
+    """Globs and/or a manifest -> distinct URIs -> Item(uri, bytes) + dead letters.
+
+    Duplicate URIs (overlapping globs, a manifest listing a file twice) are removed
+    here, so each image is scored once. The Distinct's shuffle also spreads reading
+    across workers.
+    """
+
+    def __init__(self, patterns: Sequence[str], input_list: Optional[str],
+                 limits: DecodeLimits) -> None:
+        super().__init__()
+        self._patterns = tuple(patterns)
+        self._input_list = input_list
+        self._limits = limits
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        sources = []
+        for i, pattern in enumerate(self._patterns):
+            sources.append(
+                pbegin
+                | f"Match[{i}]" >> fileio.MatchFiles(pattern)
+                | f"Path[{i}]" >> beam.Map(lambda m: m.path))
+        if self._input_list:
+            sources.append(
+                pbegin
+                | "ReadManifest" >> beam.io.ReadFromText(self._input_list)
+                | "ParseManifest" >> beam.FlatMap(lambda l: [u] if (u := manifest_uri(l)) else []))
+        return (
+            sources
+            | "AllUris" >> beam.Flatten()
+            | "Distinct" >> beam.Distinct()
+            | "ToItem" >> beam.Map(lambda uri: Item(uri, uri))
+            | "ReadBytes" >> beam.ParDo(ReadBytes(self._limits)).with_outputs(
+                DEAD_LETTER, main="images"))
+
+
+def to_json(record: Dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+PREDICTION_SCHEMA = pa.schema([
+    ("uri", pa.string()),
+    ("top_k", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
+    ("model_name", pa.string()),
+    ("model_sha256", pa.string()),
+    ("backend", pa.string()),
+    ("batch_size", pa.int64()),
+    ("decode_ms", pa.float64()),
+    ("preprocess_ms", pa.float64()),
+    ("inference_ms", pa.float64()),
+])
+
+
+class WriteJsonl(beam.PTransform):
+    """Dict records -> <output>/<name>-SSSSS-of-NNNNN.jsonl."""
+
+    name_prefix = ""
+
+    def __init__(self, output: str, name_prefix: Optional[str] = None) -> None:
+        super().__init__()
+        self._output = output
+        self._name = name_prefix or self.name_prefix
+
+    def expand(self, pcoll: beam.PCollection) -> Any:
+        return (pcoll
+                | "ToJson" >> beam.Map(to_json)
+                | "Write" >> beam.io.WriteToText(FileSystems.join(self._output, self._name),
+                                                 file_name_suffix=".jsonl"))
+
+
+class WritePredictions(beam.PTransform):
+    """Prediction records -> <output>/predictions-*.jsonl or .parquet."""
+
+    def __init__(self, output: str, output_format: str = "jsonl") -> None:
+        super().__init__()
+        self._output = output
+        self._format = output_format
+
+    def expand(self, pcoll: beam.PCollection) -> Any:
+        if self._format == "parquet":
+            return pcoll | "Write" >> beam.io.WriteToParquet(
+                FileSystems.join(self._output, PREDICTIONS), PREDICTION_SCHEMA,
+                file_name_suffix=".parquet")
+        return pcoll | WriteJsonl(self._output, PREDICTIONS)
+
+
+class WriteDeadLetters(WriteJsonl):
+    """Dead-letter records -> <output>/errors-*.jsonl."""
+
+    name_prefix = ERRORS
+
+
+class WriteBundleMetrics(WriteJsonl):
+    """Per-bundle timing records -> <output>/bundles-*.jsonl."""
+
+    name_prefix = BUNDLES
+
+
+def read_jsonl(pattern: str) -> Iterator[Dict[str, Any]]:
+    """Every record in the files matching ``pattern`` (local or gs://)."""
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(match.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for line in f.read().decode("utf-8").splitlines():
+                if line.strip():
+                    yield json.loads(line)

@@ -1,0 +1,87 @@
+"""Per-bundle timing records and Beam Metrics, aggregated at the end of the fused chain.
+
+Why per bundle: a bundle is the unit a worker processes end to end, so its wall
+time against its images is the honest throughput figure; aggregating in
+start_bundle/finish_bundle needs no state shared across threads or processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Any, Dict, Iterator, List
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.postprocess import Prediction
+from transforms.records import METRICS_NAMESPACE
+
+BUNDLES = "bundles"
+
+
+def percentile(values: List[float], q: float) -> float:
+    """Nearest-rank percentile; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, int(-(-q * len(ordered) // 100)))  # ceil(q/100 * n)
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+class BundleMetrics(beam.DoFn):
+    """Prediction -> its output record; one bundle record per bundle on ``BUNDLES``."""
+
+    def __init__(self) -> None:
+        self._ok = Metrics.counter(METRICS_NAMESPACE, "images_ok")
+        self._batch_ms = Metrics.distribution(METRICS_NAMESPACE, "batch_latency_ms")
+        self._batch_size = Metrics.distribution(METRICS_NAMESPACE, "batch_size")
+        self._reset()
+
+    def _reset(self) -> None:
+        self._start = time.perf_counter()
+        self._images = 0
+        self._batches: Dict[str, tuple] = {}
+        self._sums = {"decode_ms": 0.0, "preprocess_ms": 0.0, "postprocess_ms": 0.0}
+
+    def start_bundle(self) -> None:
+        self._reset()
+
+    def process(self, p: Prediction) -> Iterator[Dict[str, Any]]:
+        self._images += 1
+        self._ok.inc()
+        if p.batch_id not in self._batches:
+            self._batches[p.batch_id] = (p.batch_size, p.inference_ms)
+            self._batch_ms.update(int(round(p.inference_ms)))
+            self._batch_size.update(p.batch_size)
+        self._sums["decode_ms"] += p.decode_ms
+        self._sums["preprocess_ms"] += p.preprocess_ms
+        self._sums["postprocess_ms"] += p.postprocess_ms
+        yield p.to_record()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if not self._images:
+            return
+        wall_ms = (time.perf_counter() - self._start) * 1000.0
+        batch_ms = [ms for _, ms in self._batches.values()]
+        record = {
+            "bundle_id": uuid.uuid4().hex,
+            "worker": socket.gethostname(),
+            "pid": os.getpid(),
+            "images": self._images,
+            "batches": len(self._batches),
+            "batch_sizes": [size for size, _ in self._batches.values()],
+            "batch_ms": [round(ms, 3) for ms in batch_ms],
+            "decode_ms": round(self._sums["decode_ms"], 3),
+            "preprocess_ms": round(self._sums["preprocess_ms"], 3),
+            "inference_ms": round(sum(batch_ms), 3),
+            "postprocess_ms": round(self._sums["postprocess_ms"], 3),
+            "wall_ms": round(wall_ms, 3),
+            "images_per_s": round(self._images / (wall_ms / 1000.0), 3) if wall_ms > 0 else 0.0,
+        }
+        yield beam.pvalue.TaggedOutput(
+            BUNDLES, WindowedValue(record, GlobalWindow().max_timestamp(), [GlobalWindow()]))

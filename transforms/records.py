@@ -1,0 +1,87 @@
+"""The records that flow between transforms, and the per-image dead-letter DoFn base.
+
+Why one base: every stage that can fail for one image (read, decode, preprocess)
+must turn that failure into the same dead-letter record instead of failing the
+bundle, and count it, so the rule lives in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, Mapping
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+DEAD_LETTER = "dead_letter"
+METRICS_NAMESPACE = "beam_trt_inference"
+MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image on its way to the model: its URI, its current payload, its timings."""
+
+    uri: str
+    payload: Any
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def next(self, payload: Any, stage: str, ms: float) -> "Item":
+        timings: Dict[str, float] = dict(self.timings)
+        timings[stage] = ms
+        return Item(self.uri, payload, timings)
+
+
+@dataclass(frozen=True)
+class ItemKey:
+    """The key that travels through KeyedModelHandler, so timings survive inference."""
+
+    uri: str
+    timings: Mapping[str, float]
+
+
+def dead_letter(uri: str, stage: str, exc: BaseException) -> Dict[str, str]:
+    """The dead-letter record: {uri, stage, error_type, message}."""
+    message = str(exc) or repr(exc)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
+    return {"uri": uri, "stage": stage, "error_type": type(exc).__name__, "message": message}
+
+
+class PerImageStageFn(beam.DoFn):
+    """Applies ``fn(payload) -> payload`` per image; failures go to ``DEAD_LETTER``.
+
+    Subclasses set ``stage`` and implement ``apply``. Timing of each call is carried
+    on the item so the bundle metrics at the end of the fused chain can report it.
+    """
+
+    stage = "stage"
+
+    def __init__(self) -> None:
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+
+    def apply(self, item: Item) -> Any:
+        raise NotImplementedError
+
+    def process(self, item: Item) -> Iterator[Any]:
+        start = time.perf_counter()
+        try:
+            payload = self.apply(item)
+        except Exception as exc:  # noqa: BLE001 - any per-image failure is a dead letter
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(item.uri, self.stage, exc))
+            return
+        yield item.next(payload, self.stage, (time.perf_counter() - start) * 1000.0)
+
+
+class FnStage(PerImageStageFn):
+    """A PerImageStageFn from a plain picklable function of the payload."""
+
+    def __init__(self, stage: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.stage = stage
+        self._fn = fn
+
+    def apply(self, item: Item) -> Any:
+        return self._fn(item.payload)
