@@ -117,3 +117,30 @@ def gcs_client(gcs_emulator: str):
     client = storage.Client.create_anonymous_client()
     client.project = "test-project"
     return client
+
+
+def _gpu_reason() -> str:
+    try:
+        from transforms.handlers.cuda import check, cudart
+
+        if check(cudart().cudaGetDeviceCount(), "cudaGetDeviceCount") < 1:
+            return "no CUDA device"
+    except Exception as exc:  # noqa: BLE001
+        return f"no usable CUDA runtime ({type(exc).__name__}: {exc})"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def gpu() -> None:
+    reason = _gpu_reason()
+    if reason:
+        pytest.skip(f"needs an NVIDIA GPU: {reason}")
+
+
+@pytest.fixture(scope="session")
+def trt(gpu):
+    try:
+        import tensorrt
+    except ImportError as exc:
+        pytest.skip(f"needs the tensorrt package: {exc}")
+    return tensorrt

@@ -13,7 +13,7 @@ import importlib.util
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -89,6 +89,22 @@ def chunk_ranges(n: int, max_batch: int) -> List[Tuple[int, int]]:
     if max_batch <= 0:
         raise ValueError(f"max_batch: expected a positive integer, got {max_batch}")
     return [(i, min(i + max_batch, n)) for i in range(0, n, max_batch)]
+
+
+def run_chunked(stacked: Mapping[str, np.ndarray], max_batch: int,
+                run: Callable[[Dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+                ) -> Dict[str, np.ndarray]:
+    """Run ``run`` on consecutive slices of at most ``max_batch`` rows of every input and
+    concatenate each output in order: how both backends split batches over their max."""
+    n = next(iter(stacked.values())).shape[0]
+    parts: Dict[str, List[np.ndarray]] = {}
+    for lo, hi in chunk_ranges(n, max_batch):
+        for name, arr in run({k: v[lo:hi] for k, v in stacked.items()}).items():
+            if arr.shape[0] != hi - lo:
+                raise InputMismatch(f"output '{name}' has {arr.shape[0]} rows for a batch "
+                                    f"of {hi - lo}")
+            parts.setdefault(name, []).append(arr)
+    return {name: np.concatenate(p) for name, p in parts.items()}
 
 
 def stack_batch(batch: Sequence[np.ndarray], dtype: np.dtype,

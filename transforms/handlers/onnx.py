@@ -16,7 +16,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.handlers.common import (BatchClock, InferenceOutput, InputMismatch,
-                                        ModelLoadError, chunk_ranges, format_shape,
+                                        ModelLoadError, format_shape, run_chunked,
                                         iter_outputs, read_bytes, resolve_uri, sha256_hex,
                                         split_rows, stack_batch, timed_ms)
 
@@ -163,16 +163,17 @@ class OnnxModelHandler(ModelHandler[np.ndarray, PredictionResult, OnnxModel]):
         start = clock.now()
         stacked = stack_batch(batch, model.dtype, model.example_shape, model.input_name)
         n = len(batch)
-        outputs: Dict[str, List[np.ndarray]] = {name: [] for name in model.output_names}
-        for lo, hi in chunk_ranges(n, model.fixed_batch or n):
-            chunk = stacked[lo:hi]
-            pad = (model.fixed_batch or 0) - (hi - lo)
+
+        def run(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+            chunk = feeds[model.input_name]
+            rows = chunk.shape[0]
+            pad = (model.fixed_batch or 0) - rows
             if pad > 0:  # a model with a fixed batch dimension: pad, then drop the padding
                 chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
             result = model.session.run(model.output_names, {model.input_name: chunk})
-            for name, arr in zip(model.output_names, result):
-                outputs[name].append(arr[: hi - lo])
-        merged = {name: np.concatenate(parts) for name, parts in outputs.items()}
+            return {name: arr[:rows] for name, arr in zip(model.output_names, result)}
+
+        merged = run_chunked({model.input_name: stacked}, model.fixed_batch or n, run)
         rows = split_rows(merged, n)
         ms = timed_ms(start)
         return [PredictionResult(ex, out, model.sha256) for ex, out in

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Steps of one GPU-machine session (see README "GPU tests and benchmarks"). Each step fits
+# one device run (< 10 min); engines and the exported model persist in /tmp between steps
+# while the machine is held. Logs and JSON go to $OUT (the device tool brings them back).
+#   trt steps (after ../shared/gpu/pack-trt is unpacked): export build-fp32 build-fp16 test bench
+#   ort step  (after ../shared/gpu/pack is unpacked):     ort
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+W=/tmp/btw; ENG=$W/engines; mkdir -p "$ENG"
+SYS_PY=$(command -v python3)          # the machine's own python3 (torch, CUDA 13)
+TRT_PY=/opt/gpu-trt/venv/bin/python   # pack-trt's Python 3.10 with TensorRT 8.6
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+EFF=$W/effnetv2s.onnx
+BUILD="-m pipeline.build_engine --timing_cache $ENG/timing.cache --min_batch 1 --max_batch 32"
+trt_env() { export PATH=/opt/gpu-trt/venv/bin:$PATH VIRTUAL_ENV=/opt/gpu-trt/venv PYTHONNOUSERSITE=1; }
+
+for step in "$@"; do
+  echo "=== step $step $(date -u +%T)"
+  case $step in
+    export)
+      nvidia-smi -L
+      "$SYS_PY" scripts/export_efficientnet.py --output "$EFF" 2>&1 | tail -3 | tee "$OUT/export.log" ;;
+    build-fp32)   # seed-like model, TF32, TensorRT's default optimization level 3
+      trt_env; python $BUILD --onnx "$EFF" --output "$ENG/effnetv2s.tf32.plan" --opt_batch 10 \
+        --builder_optimization_level 3 2>&1 | tail -5 | tee "$OUT/build-fp32.log" ;;
+    build-fp16)   # level 1: level 3 fp16 took > 8 min here
+      trt_env; python $BUILD --onnx "$EFF" --output "$ENG/effnetv2s.fp16.plan" --opt_batch 10 \
+        --builder_optimization_level 1 --fp16 2>&1 | tail -5 | tee "$OUT/build-fp16.log" ;;
+    test)
+      trt_env
+      REPORT_DIR=$OUT TRT_ENGINE_DIR=$ENG EFFNET_ONNX=$EFF python -m pytest -m "gpu or tensorrt" \
+        -ra -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-trt.log" | tail -40 ;;
+    bench)
+      trt_env
+      for p in tf32 fp16; do
+        python -m pipeline.benchmark run --backend tensorrt --engine "$ENG/effnetv2s.$p.plan" \
+          --label "TensorRT 8.6 $p" --json "$OUT/bench-trt-$p.json" 2>&1 | tail -3
+      done ;;
+    ort)
+      . /tmp/gpu-env.sh
+      python3 -m pytest -m gpu -ra -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-ort.log" | tail -25
+      for b in onnx-cuda onnx-tensorrt; do
+        python3 -m pipeline.benchmark run --backend $b --model "$EFF" --label "ONNX Runtime $b" \
+          --json "$OUT/bench-$b.json" 2>&1 | tail -3
+      done ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done
+ls -la "$OUT"

@@ -1,0 +1,32 @@
+"""The benchmark CLI on a real ONNX model with the CPU backend: JSON, table and PNG."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from pipeline.benchmark import main
+
+
+def test_run_and_report(tiny_model, tmp_path):
+    path, _ = tiny_model
+    out = tmp_path / "cpu.json"
+    assert main(["run", "--backend", "onnx-cpu", "--model", str(path), "--batch_sizes", "2,5",
+                 "--warmup", "1", "--iterations", "3", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert [r["batch"] for r in rec["results"]] == [2, 5]
+    r = rec["results"][0]
+    assert r["host_min_s"] <= r["host_med_s"] <= r["host_max_s"] and r["iterations"] == 3
+    assert r["images_per_s"] > 0 and r["gpu_med_ms"] is None
+    bad = tmp_path / "trt.json"
+    assert main(["run", "--backend", "tensorrt", "--engine", str(tmp_path / "none.plan"),
+                 "--json", str(bad)]) == 3
+    assert "error" in json.loads(bad.read_text())
+    md, png = tmp_path / "b.md", tmp_path / "b.png"
+    has_mpl = importlib.util.find_spec("matplotlib") is not None  # absent in pack-trt's venv
+    args = ["report", str(out), str(bad), "--markdown", str(md)]
+    assert main(args + (["--png", str(png)] if has_mpl else [])) == 0
+    text = md.read_text()
+    assert "| onnx-cpu |" in text and "unavailable" in text and "batch 5" in text
+    if has_mpl:
+        assert png.stat().st_size > 1000

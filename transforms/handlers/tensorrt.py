@@ -1,0 +1,155 @@
+"""TensorRT ModelHandler for Beam RunInference: a plan + sidecar, numpy in, numpy out.
+
+Why not Beam's TensorRTEngineHandlerNumPy: it handles fixed shapes and one input only,
+stages through pageable host memory, never frees device memory and copies the full
+max-batch buffer for a short batch. This handler uses the named-tensor API (TensorRT
+8.5+, including 10/11), any number of inputs and outputs, dynamic batch within the
+optimization profile (larger batches are split), pinned staging, one stream, one
+synchronize per batch, and checks the plan against this TensorRT and GPU first.
+
+Sharing: Beam keeps one loaded model per SDK process (shared by its DoFn threads;
+TrtEngine serializes them with a lock). With ``model_copies=N`` Beam instead loads N
+copies per worker VM in a separate process and every SDK process sends its batches
+there (apache_beam.utils.multi_process_shared): use it when several SDK processes
+share one GPU, so the GPU holds N engines instead of one per process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms.handlers.common import (BatchClock, InputMismatch,
+                                        format_shape, iter_outputs, read_bytes, run_chunked,
+                                        sha256_hex, split_rows, stack_batch, timed_ms)
+from transforms.handlers.engine import EngineMismatch, Sidecar, TrtEngine, batch_inputs, trt_module
+
+
+def sidecar_uri(engine_uri: str) -> str:
+    return engine_uri + ".json"
+
+
+def load_sidecar(engine_uri: str) -> Sidecar:
+    uri = sidecar_uri(engine_uri)
+    return Sidecar.from_json(read_bytes(uri, "engine sidecar").decode("utf-8"), source=uri)
+
+
+def check_spec(sidecar: Sidecar, source: str, input_name: Optional[str],
+               input_dtype: Optional[str], example_shape: Optional[Sequence[int]]) -> str:
+    """The image input of the engine, checked against the model spec; returns its name."""
+    names = [t.name for t in sidecar.inputs]
+    if input_name is None:
+        if len(names) != 1:
+            raise InputMismatch(f"{source}: the engine has inputs {names}; set input_name "
+                                "in the model spec")
+        input_name = names[0]
+    specs = {t.name: t for t in sidecar.inputs}
+    if input_name not in specs:
+        raise InputMismatch(f"{source}: expected an input named '{input_name}', the engine "
+                            f"has {names}")
+    t = specs[input_name]
+    if input_dtype is not None and np.dtype(input_dtype) != np.dtype(t.dtype):
+        raise InputMismatch(f"{source}: input '{input_name}' expected dtype {input_dtype}, "
+                            f"the engine declares {t.dtype}")
+    if example_shape is not None:
+        want = [None] + list(example_shape)
+        have = [None if d < 0 else d for d in t.shape]
+        if len(want) != len(have) or any(h is not None and w is not None and h != w
+                                         for w, h in zip(want, have)):
+            raise InputMismatch(f"{source}: input '{input_name}' expected shape "
+                                f"{format_shape(want)}, the engine declares {format_shape(have)}")
+    return input_name
+
+
+def runtime_identity() -> tuple:
+    """(TensorRT version, GPU name, compute capability) of this process's GPU 0."""
+    from transforms.handlers.cuda import device_info
+
+    trt = trt_module()
+    name, cc = device_info(0)
+    return trt.__version__, name, cc
+
+
+class TensorRTEngineHandler(ModelHandler[Any, PredictionResult, TrtEngine]):
+    """Runs a TensorRT plan built by pipeline.build_engine (sidecar at <plan>.json)."""
+
+    def __init__(
+        self,
+        engine_uri: str,
+        *,
+        input_name: Optional[str] = None,
+        input_dtype: Optional[str] = None,
+        example_shape: Optional[Sequence[int]] = None,
+        min_batch_size: int = 1,
+        max_batch_size: Optional[int] = None,
+        large_model: bool = False,
+        model_copies: Optional[int] = None,
+    ) -> None:
+        super().__init__(large_model=large_model, model_copies=model_copies)
+        self._engine_uri = engine_uri
+        self._input_name = input_name
+        self._input_dtype = input_dtype
+        self._example_shape = tuple(example_shape) if example_shape is not None else None
+        self._min_batch = min_batch_size
+        self._max_batch = max_batch_size
+        self._sha256 = ""
+        self._clock: Optional[BatchClock] = None
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        """Batches follow the engine profile (read from the sidecar) unless overridden."""
+        max_batch = self._max_batch
+        if max_batch is None:
+            max_batch = load_sidecar(self._engine_uri).max_batch
+        return {"min_batch_size": min(self._min_batch, max_batch), "max_batch_size": max_batch}
+
+    def load_model(self) -> TrtEngine:
+        sidecar = load_sidecar(self._engine_uri)
+        version, gpu, cc = runtime_identity()
+        sidecar.check_runtime(version, gpu, cc, source=sidecar_uri(self._engine_uri))
+        check_spec(sidecar, self._engine_uri, self._input_name, self._input_dtype,
+                   self._example_shape)
+        plan = read_bytes(self._engine_uri, "TensorRT plan")
+        self._sha256 = sha256_hex(plan)
+        sidecar.check_plan(self._sha256, source=self._engine_uri)
+        engine = TrtEngine(plan, source=self._engine_uri)
+        declared = sorted((t.name, t.dtype) for t in sidecar.tensors)
+        actual = sorted((t.name, t.dtype) for t in engine.tensors)
+        if declared != actual:
+            engine.close()
+            raise EngineMismatch(f"{self._engine_uri}: the engine's tensors {actual} differ "
+                                 f"from its sidecar's {declared}")
+        self._clock = BatchClock()
+        return engine
+
+    def run_inference(self, batch: Sequence[Any], model: TrtEngine,
+                      inference_args: Optional[Dict[str, Any]] = None
+                      ) -> Iterable[PredictionResult]:
+        clock = self._clock or BatchClock()
+        start = clock.now()
+        names = [t.name for t in model.inputs]
+        columns = batch_inputs(batch, names)
+        stacked = {}
+        for t in model.inputs:
+            stacked[t.name] = stack_batch(columns[t.name], np.dtype(t.dtype),
+                                          [None if d < 0 else d for d in t.shape[1:]], t.name)
+        n = len(batch)
+        if n % model.max_batch and n % model.max_batch < model.min_batch:
+            raise InputMismatch(f"{model.source}: the last chunk of {n % model.max_batch} is "
+                                f"below the profile minimum {model.min_batch}")
+        merged = run_chunked(stacked, model.max_batch, model.run)
+        rows = split_rows(merged, n)
+        ms = timed_ms(start)
+        return [PredictionResult(ex, out, self._sha256) for ex, out in
+                zip(batch, iter_outputs(rows, clock.next_id(), ms))]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        total = 0
+        for ex in batch:
+            arrays = ex.values() if isinstance(ex, Mapping) else [ex]
+            total += sum(np.asarray(a).nbytes for a in arrays)
+        return int(total)
+
+    def get_metrics_namespace(self) -> str:
+        return "beam_trt_inference_tensorrt"
