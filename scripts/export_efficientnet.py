@@ -43,10 +43,12 @@ def main() -> None:
     dummy = torch.zeros(1, a.size, a.size, 3)
     kwargs = dict(input_names=["input_1"], output_names=["logits"], opset_version=a.opset,
                   dynamic_axes={"input_1": {0: "batch"}, "logits": {0: "batch"}})
-    try:
+    try:  # the TorchScript exporter: plain opset-17 graph, dynamic batch via dynamic_axes
         torch.onnx.export(model, (dummy,), a.output, dynamo=False, **kwargs)
-    except TypeError:  # older torch without the dynamo switch
-        torch.onnx.export(model, (dummy,), a.output, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - newer torch may have dropped it
+        print(f"TorchScript export failed ({exc}); using the dynamo exporter")
+        torch.onnx.export(model, (dummy,), a.output, dynamo=True, external_data=False,
+                          **{**kwargs, "opset_version": max(a.opset, 18)})
 
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(4, a.size, a.size, 3)).astype(np.float32)
