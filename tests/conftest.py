@@ -48,17 +48,17 @@ def make_linear_model(path: Path, *, input_name: str = "images", layout: str = "
     w = rng.standard_normal((3, classes)).astype(np.float32)
     shape = [batch, hw[0], hw[1], 3] if layout == "NHWC" else [batch, 3, hw[0], hw[1]]
     axes = [1, 2] if layout == "NHWC" else [2, 3]
+    # opset 17: ReduceMean takes axes as an attribute (TensorRT 8.6's parser needs that)
     nodes = [
-        helper.make_node("ReduceMean", [input_name, "axes"], ["pooled"], keepdims=0),
+        helper.make_node("ReduceMean", [input_name], ["pooled"], axes=axes, keepdims=0),
         helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
     ]
     graph = helper.make_graph(
         nodes, "tiny",
         [helper.make_tensor_value_info(input_name, dtype, shape)],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
-        initializer=[numpy_helper.from_array(np.asarray(axes, np.int64), "axes"),
-                     numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
