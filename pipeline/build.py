@@ -28,7 +28,10 @@ def make_handler(cfg: RunConfig) -> ModelHandler:
         from transforms.handlers.tensorrt import TensorRTEngineHandler
 
         return TensorRTEngineHandler(
-            cfg.engine, input_name=cfg.spec.input_name, input_dtype=cfg.spec.input_dtype,
+            cfg.engine, engine_cache=cfg.engine_cache,
+            onnx_uri=cfg.model if cfg.engine_cache else None, precision=cfg.trt_precision,
+            profile=cfg.trt_profile, optimization_level=cfg.trt_optimization_level,
+            input_name=cfg.spec.input_name, input_dtype=cfg.spec.input_dtype,
             example_shape=example_shape, min_batch_size=cfg.min_batch_size,
             max_batch_size=cfg.max_batch_size, model_copies=cfg.model_copies)
     from transforms.handlers.onnx import OnnxModelHandler
@@ -64,7 +67,8 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
     Returns the main PCollections so tests can assert on them.
     """
     handler = handler or make_handler(cfg)
-    read = p | "ReadImages" >> ReadImages(cfg.inputs, cfg.input_list, cfg.limits)
+    skip = (cfg.output,) + tuple(x for x in cfg.skip_scored if x != cfg.output)
+    read = p | "ReadImages" >> ReadImages(cfg.inputs, cfg.input_list, cfg.limits, skip)
     decoded = read.images | "DecodeImage" >> beam.ParDo(
         DecodeImage(cfg.spec, cfg.limits)).with_outputs(DEAD_LETTER, main="images")
     tensors = decoded.images | "Preprocess" >> beam.ParDo(
@@ -82,9 +86,10 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
     errors = ((read[DEAD_LETTER], decoded[DEAD_LETTER], tensors[DEAD_LETTER],
                failed_inference, post[DEAD_LETTER])
               | "AllDeadLetters" >> beam.Flatten())
-    measured.records | "WritePredictions" >> WritePredictions(cfg.output, cfg.output_format)
-    errors | "WriteDeadLetters" >> WriteDeadLetters(cfg.output)
-    measured[BUNDLES] | "WriteBundleMetrics" >> WriteBundleMetrics(cfg.output)
+    measured.records | "WritePredictions" >> WritePredictions(cfg.output, cfg.run_id,
+                                                               cfg.output_format)
+    errors | "WriteDeadLetters" >> WriteDeadLetters(cfg.output, cfg.run_id)
+    measured[BUNDLES] | "WriteBundleMetrics" >> WriteBundleMetrics(cfg.output, cfg.run_id)
     return {"predictions": measured.records, "errors": errors, "bundles": measured[BUNDLES]}
 
 

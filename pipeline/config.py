@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
@@ -21,6 +22,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 INPUT_DTYPES = ("float32", "float16", "uint8")
 OUTPUT_KINDS = ("logits", "probabilities")
 BACKENDS = ("onnx", "tensorrt")
+TRT_PRECISIONS = ("tf32", "fp32", "fp16")
 OUTPUT_FORMATS = ("jsonl", "parquet")
 ONNX_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -226,7 +228,12 @@ class RunConfig:
     output_format: str = "jsonl"
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     model_copies: Optional[int] = None
-    share_model_across_processes: bool = False
+    engine_cache: Optional[str] = None
+    trt_precision: str = "tf32"
+    trt_profile: Tuple[int, int, int] = (1, 16, 32)
+    trt_optimization_level: Optional[int] = None
+    skip_scored: Tuple[str, ...] = ()
+    run_id: str = "run"
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -241,8 +248,22 @@ class RunConfig:
             _choice("--onnx_providers", p, ONNX_PROVIDERS)
         if not self.onnx_providers:
             raise ConfigError("--onnx_providers: expected at least one provider, got none")
-        if self.backend == "tensorrt" and not self.engine:
-            raise ConfigError("--backend tensorrt: expected --engine PATH, got none")
+        if self.backend == "tensorrt" and not (self.engine or self.engine_cache):
+            raise ConfigError("--backend tensorrt: expected --engine PATH or --engine_cache "
+                              "PREFIX, got neither")
+        if self.engine and self.engine_cache:
+            raise ConfigError("--engine and --engine_cache: expected one, got both")
+        _choice("--trt_precision", self.trt_precision, TRT_PRECISIONS)
+        profile = tuple(self.trt_profile)
+        if len(profile) != 3 or not all(isinstance(b, int) and b > 0 for b in profile) or \
+                not profile[0] <= profile[1] <= profile[2]:
+            raise ConfigError(f"--trt_profile: expected MIN,OPT,MAX with 0 < MIN <= OPT <= MAX, "
+                              f"got {self.trt_profile!r}")
+        object.__setattr__(self, "trt_profile", profile)
+        object.__setattr__(self, "skip_scored", tuple(self.skip_scored))
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_id):
+            raise ConfigError(f"--run_id: expected letters, digits, '.', '_' or '-', "
+                              f"got {self.run_id!r}")
         _positive("--min_batch_size", self.min_batch_size)
         if self.max_batch_size is not None:
             _positive("--max_batch_size", self.max_batch_size)

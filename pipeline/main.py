@@ -22,7 +22,7 @@ from pipeline.config import ConfigError, RunConfig
 from pipeline.options import InferenceOptions, config_from_options, help_text, unknown_flags
 from transforms.handlers.common import InputMismatch, ModelLoadError, read_bytes, resolve_uri
 from transforms.handlers.onnx import check_input
-from transforms.io import BUNDLES, read_jsonl
+from transforms.io import BUNDLES, file_prefix, read_jsonl
 from transforms.metrics import percentile
 from transforms.records import METRICS_NAMESPACE
 
@@ -37,6 +37,7 @@ class RunSummary:
 
     ok: int
     failed: int
+    skipped: int
     wall_s: float
     batch_p50_ms: float
     batch_p95_ms: float
@@ -47,7 +48,8 @@ class RunSummary:
         return self.ok / self.wall_s if self.wall_s > 0 else 0.0
 
     def line(self) -> str:
-        return (f"summary: ok={self.ok} failed={self.failed} wall={self.wall_s:.2f}s "
+        return (f"summary: ok={self.ok} failed={self.failed} skipped={self.skipped} "
+                f"wall={self.wall_s:.2f}s "
                 f"images/s={self.images_per_s:.1f} batches={self.batches} "
                 f"batch_latency_ms p50={self.batch_p50_ms:.1f} p95={self.batch_p95_ms:.1f}")
 
@@ -80,9 +82,10 @@ def _metric(result: beam.runners.runner.PipelineResult, name: str) -> int:
 def summarize(result: beam.runners.runner.PipelineResult, cfg: RunConfig,
               wall_s: float) -> RunSummary:
     batch_ms: List[float] = []
-    for record in read_jsonl(FileSystems.join(cfg.output, BUNDLES) + "-*.jsonl"):
+    for record in read_jsonl(file_prefix(cfg.output, BUNDLES, cfg.run_id) + "-*.jsonl"):
         batch_ms.extend(record["batch_ms"])
     return RunSummary(ok=_metric(result, "images_ok"), failed=_metric(result, "images_failed"),
+                      skipped=_metric(result, "images_skipped"),
                       wall_s=wall_s, batch_p50_ms=percentile(batch_ms, 50),
                       batch_p95_ms=percentile(batch_ms, 95), batches=len(batch_ms))
 

@@ -7,16 +7,31 @@ same command line, and Dataflow templates can read the same definitions.
 from __future__ import annotations
 
 import argparse
+import time
+import uuid
 from typing import List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from pipeline.config import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, ConfigError,
+from pipeline.config import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, TRT_PRECISIONS,
+                             ConfigError,
                              DecodeLimits, ModelSpec, OPEN_NSFW_SPEC, RunConfig)
 
 
 def _csv(value: str) -> List[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _profile(value: str) -> tuple:
+    try:
+        return tuple(int(v) for v in _csv(value))
+    except ValueError as exc:
+        raise ConfigError(f"--trt_profile: expected MIN,OPT,MAX integers, got {value!r}") from exc
+
+
+def new_run_id() -> str:
+    """Sortable and unique: files of later runs sort after earlier ones."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 class InferenceOptions(PipelineOptions):
@@ -64,6 +79,25 @@ class InferenceOptions(PipelineOptions):
         g.add_argument("--max_image_pixels", type=int, default=DecodeLimits.max_pixels,
                        help="Images whose header declares more pixels are dead letters "
                             "(decompression-bomb guard).")
+        g.add_argument("--engine_cache", default=None,
+                       help="Instead of --engine: a prefix (gs://.../engines/) of TensorRT "
+                            "plans keyed by TensorRT version, GPU, ONNX sha256, precision "
+                            "and profile. A worker with no matching plan builds one from "
+                            "--model and publishes it for the others.")
+        g.add_argument("--trt_precision", default="tf32", choices=TRT_PRECISIONS,
+                       help="Precision of plans built through --engine_cache.")
+        g.add_argument("--trt_profile", default="1,16,32",
+                       help="MIN,OPT,MAX batch of plans built through --engine_cache.")
+        g.add_argument("--trt_optimization_level", type=int, default=None,
+                       help="Builder optimization level (0-5) for --engine_cache builds; "
+                            "lower builds faster.")
+        g.add_argument("--skip_scored", action="append", default=None,
+                       help="Output prefix of an earlier run (repeatable): URIs already in "
+                            "its predictions-* are not scored again. --output is always "
+                            "included, so re-running to the same prefix adds only new images.")
+        g.add_argument("--run_id", default=None,
+                       help="Names this run's files (predictions-<run_id>-*). Default: UTC "
+                            "time plus a random suffix.")
         g.add_argument("--model_copies", type=int, default=None,
                        help="Load this many model copies per worker VM and share them "
                             "across SDK processes (Beam's model_copies). Default: one "
@@ -116,4 +150,10 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         output_format=opts.output_format,
         limits=DecodeLimits(max_bytes=opts.max_image_bytes, max_pixels=opts.max_image_pixels),
         model_copies=opts.model_copies,
+        engine_cache=opts.engine_cache,
+        trt_precision=opts.trt_precision,
+        trt_profile=_profile(opts.trt_profile),
+        trt_optimization_level=opts.trt_optimization_level,
+        skip_scored=tuple(opts.skip_scored or ()),
+        run_id=opts.run_id or new_run_id(),
     )

@@ -40,6 +40,6 @@ def test_write_jsonl_roundtrip(tmp_path):
     rows = [{"uri": f"u{i}", "stage": "decode", "error_type": "X", "message": "m"}
             for i in range(3)]
     with TestPipeline() as p:
-        _ = p | beam.Create(rows) | WriteDeadLetters(str(tmp_path))
+        _ = p | beam.Create(rows) | WriteDeadLetters(str(tmp_path), "r1")
     got = sorted(read_jsonl(str(tmp_path / "errors-*.jsonl")), key=lambda r: r["uri"])
     assert got == rows

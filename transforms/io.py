@@ -10,6 +10,7 @@ import json
 from typing import Any, Dict, Iterator, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 import pyarrow as pa
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
@@ -17,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import DecodeLimits
 from transforms.decode import ImageTooLarge, check_size
-from transforms.records import DEAD_LETTER, Item, PerImageStageFn
+from transforms.records import DEAD_LETTER, METRICS_NAMESPACE, Item, PerImageStageFn
 
 PREDICTIONS = "predictions"
 ERRORS = "errors"
@@ -51,20 +52,69 @@ class ReadBytes(PerImageStageFn):
         return data
 
 
-class ReadImages(beam.PTransform):
-    """Globs and/or a manifest -> distinct URIs -> Item(uri, bytes) + dead letters.
+def scored_uris(readable: fileio.ReadableFile) -> Iterator[str]:
+    """The URIs in one earlier predictions file (JSONL or Parquet)."""
+    path = readable.metadata.path
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
 
-    Duplicate URIs (overlapping globs, a manifest listing a file twice) are removed
-    here, so each image is scored once. The Distinct's shuffle also spreads reading
+        with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            yield from pq.read_table(f, columns=["uri"]).column("uri").to_pylist()
+        return
+    with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for line in f.read().decode("utf-8").splitlines():
+            if line.strip():
+                yield json.loads(line)["uri"]
+
+
+class ScoredUris(beam.PTransform):
+    """URIs already in ``<prefix>/predictions-*`` for each prefix (none is fine)."""
+
+    def __init__(self, prefixes: Sequence[str]) -> None:
+        super().__init__()
+        self._prefixes = tuple(prefixes)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        patterns = [FileSystems.join(p, PREDICTIONS) + "-*" for p in self._prefixes]
+        return (pbegin
+                | "Patterns" >> beam.Create(patterns)
+                | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+                | "Open" >> fileio.ReadMatches()
+                | "Uris" >> beam.FlatMap(scored_uris))
+
+
+class _NewOnce(beam.DoFn):
+    """(uri, {'new': [...], 'scored': [...]}) -> uri once, unless already scored."""
+
+    def __init__(self) -> None:
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "images_skipped")
+
+    def process(self, element: tuple) -> Iterator[str]:
+        uri, groups = element
+        if not list(groups["new"]):
+            return
+        if list(groups["scored"]):
+            self._skipped.inc()
+            return
+        yield uri
+
+
+class ReadImages(beam.PTransform):
+    """Globs and/or a manifest -> URIs not yet scored, once each -> Item(uri, bytes).
+
+    URIs listed twice (overlapping globs, a manifest listing a file twice) and URIs
+    already in the predictions under ``skip_prefixes`` are removed by one CoGroupByKey,
+    so each image is scored once, across runs too. The shuffle also spreads reading
     across workers.
     """
 
     def __init__(self, patterns: Sequence[str], input_list: Optional[str],
-                 limits: DecodeLimits) -> None:
+                 limits: DecodeLimits, skip_prefixes: Sequence[str] = ()) -> None:
         super().__init__()
         self._patterns = tuple(patterns)
         self._input_list = input_list
         self._limits = limits
+        self._skip = tuple(skip_prefixes)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         sources = []
@@ -78,10 +128,13 @@ class ReadImages(beam.PTransform):
                 pbegin
                 | "ReadManifest" >> beam.io.ReadFromText(self._input_list)
                 | "ParseManifest" >> beam.FlatMap(lambda l: [u] if (u := manifest_uri(l)) else []))
+        new = sources | "AllUris" >> beam.Flatten() | "KeyNew" >> beam.Map(lambda u: (u, 1))
+        scored = (pbegin | "Scored" >> ScoredUris(self._skip)
+                  | "KeyScored" >> beam.Map(lambda u: (u, 1)))
         return (
-            sources
-            | "AllUris" >> beam.Flatten()
-            | "Distinct" >> beam.Distinct()
+            {"new": new, "scored": scored}
+            | "Join" >> beam.CoGroupByKey()
+            | "NewOnce" >> beam.ParDo(_NewOnce())
             | "ToItem" >> beam.Map(lambda uri: Item(uri, uri))
             | "ReadBytes" >> beam.ParDo(ReadBytes(self._limits)).with_outputs(
                 DEAD_LETTER, main="images"))
@@ -104,37 +157,42 @@ PREDICTION_SCHEMA = pa.schema([
 ])
 
 
+def file_prefix(output: str, name: str, run_id: str) -> str:
+    """<output>/<name>-<run_id>: each run writes its own files under one prefix."""
+    return FileSystems.join(output, f"{name}-{run_id}")
+
+
 class WriteJsonl(beam.PTransform):
-    """Dict records -> <output>/<name>-SSSSS-of-NNNNN.jsonl."""
+    """Dict records -> <output>/<name>-<run_id>-SSSSS-of-NNNNN.jsonl."""
 
     name_prefix = ""
 
-    def __init__(self, output: str, name_prefix: Optional[str] = None) -> None:
+    def __init__(self, output: str, run_id: str, name_prefix: Optional[str] = None) -> None:
         super().__init__()
         self._output = output
-        self._name = name_prefix or self.name_prefix
+        self._name = file_prefix(output, name_prefix or self.name_prefix, run_id)
 
     def expand(self, pcoll: beam.PCollection) -> Any:
         return (pcoll
                 | "ToJson" >> beam.Map(to_json)
-                | "Write" >> beam.io.WriteToText(FileSystems.join(self._output, self._name),
-                                                 file_name_suffix=".jsonl"))
+                | "Write" >> beam.io.WriteToText(self._name, file_name_suffix=".jsonl"))
 
 
 class WritePredictions(beam.PTransform):
     """Prediction records -> <output>/predictions-*.jsonl or .parquet."""
 
-    def __init__(self, output: str, output_format: str = "jsonl") -> None:
+    def __init__(self, output: str, run_id: str, output_format: str = "jsonl") -> None:
         super().__init__()
         self._output = output
+        self._run_id = run_id
         self._format = output_format
 
     def expand(self, pcoll: beam.PCollection) -> Any:
         if self._format == "parquet":
             return pcoll | "Write" >> beam.io.WriteToParquet(
-                FileSystems.join(self._output, PREDICTIONS), PREDICTION_SCHEMA,
+                file_prefix(self._output, PREDICTIONS, self._run_id), PREDICTION_SCHEMA,
                 file_name_suffix=".parquet")
-        return pcoll | WriteJsonl(self._output, PREDICTIONS)
+        return pcoll | WriteJsonl(self._output, self._run_id, PREDICTIONS)
 
 
 class WriteDeadLetters(WriteJsonl):

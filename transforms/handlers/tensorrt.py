@@ -16,7 +16,7 @@ share one GPU, so the GPU holds N engines instead of one per process.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -25,6 +25,7 @@ from transforms.handlers.common import (BatchClock, InputMismatch,
                                         format_shape, iter_outputs, read_bytes, run_chunked,
                                         sha256_hex, split_rows, stack_batch, timed_ms)
 from transforms.handlers.engine import EngineMismatch, Sidecar, TrtEngine, batch_inputs, trt_module
+from transforms.handlers.engine_cache import BuildFn, EngineCache, Identity, tensorrt_build
 
 
 def sidecar_uri(engine_uri: str) -> str:
@@ -77,8 +78,15 @@ class TensorRTEngineHandler(ModelHandler[Any, PredictionResult, TrtEngine]):
 
     def __init__(
         self,
-        engine_uri: str,
+        engine_uri: Optional[str] = None,
         *,
+        engine_cache: Optional[str] = None,
+        onnx_uri: Optional[str] = None,
+        precision: str = "tf32",
+        profile: Tuple[int, int, int] = (1, 16, 32),
+        optimization_level: Optional[int] = None,
+        build_fn: Optional[BuildFn] = None,
+        identity_fn: Optional[Callable[[], Identity]] = None,
         input_name: Optional[str] = None,
         input_dtype: Optional[str] = None,
         example_shape: Optional[Sequence[int]] = None,
@@ -88,7 +96,17 @@ class TensorRTEngineHandler(ModelHandler[Any, PredictionResult, TrtEngine]):
         model_copies: Optional[int] = None,
     ) -> None:
         super().__init__(large_model=large_model, model_copies=model_copies)
+        if not engine_uri and not (engine_cache and onnx_uri):
+            raise ValueError("TensorRTEngineHandler: expected engine_uri, or engine_cache "
+                             "with onnx_uri; got neither")
         self._engine_uri = engine_uri
+        self._cache_root = engine_cache
+        self._onnx_uri = onnx_uri
+        self._precision = precision
+        self._profile = tuple(profile)
+        self._opt_level = optimization_level
+        self._build_fn = build_fn
+        self._identity_fn = identity_fn
         self._input_name = input_name
         self._input_dtype = input_dtype
         self._example_shape = tuple(example_shape) if example_shape is not None else None
@@ -101,24 +119,40 @@ class TensorRTEngineHandler(ModelHandler[Any, PredictionResult, TrtEngine]):
         """Batches follow the engine profile (read from the sidecar) unless overridden."""
         max_batch = self._max_batch
         if max_batch is None:
-            max_batch = load_sidecar(self._engine_uri).max_batch
+            max_batch = (self._profile[2] if self._cache_root
+                         else load_sidecar(self._engine_uri).max_batch)
         return {"min_batch_size": min(self._min_batch, max_batch), "max_batch_size": max_batch}
 
-    def load_model(self) -> TrtEngine:
+    def _from_cache(self) -> Tuple[bytes, Sidecar, str]:
+        identity = self._identity_fn or runtime_identity
+        cache = EngineCache(self._cache_root, self._build_fn or tensorrt_build(
+            optimization_level=self._opt_level), identity)
+        got = cache.get_or_build(self._onnx_uri, self._precision, *self._profile)
+        version, gpu, cc = identity()
+        got.sidecar.check_runtime(version, gpu, cc, source=got.uri + ".json")
+        check_spec(got.sidecar, got.uri, self._input_name, self._input_dtype,
+                   self._example_shape)
+        return got.plan, got.sidecar, got.uri
+
+    def _from_uri(self) -> Tuple[bytes, Sidecar, str]:
         sidecar = load_sidecar(self._engine_uri)
         version, gpu, cc = runtime_identity()
         sidecar.check_runtime(version, gpu, cc, source=sidecar_uri(self._engine_uri))
         check_spec(sidecar, self._engine_uri, self._input_name, self._input_dtype,
                    self._example_shape)
         plan = read_bytes(self._engine_uri, "TensorRT plan")
+        sidecar.check_plan(sha256_hex(plan), source=self._engine_uri)
+        return plan, sidecar, self._engine_uri
+
+    def load_model(self) -> TrtEngine:
+        plan, sidecar, source = self._from_cache() if self._cache_root else self._from_uri()
         self._sha256 = sha256_hex(plan)
-        sidecar.check_plan(self._sha256, source=self._engine_uri)
-        engine = TrtEngine(plan, source=self._engine_uri)
+        engine = TrtEngine(plan, source=source)
         declared = sorted((t.name, t.dtype) for t in sidecar.tensors)
         actual = sorted((t.name, t.dtype) for t in engine.tensors)
         if declared != actual:
             engine.close()
-            raise EngineMismatch(f"{self._engine_uri}: the engine's tensors {actual} differ "
+            raise EngineMismatch(f"{source}: the engine's tensors {actual} differ "
                                  f"from its sidecar's {declared}")
         self._clock = BatchClock()
         return engine
