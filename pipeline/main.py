@@ -10,18 +10,17 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.build import build_pipeline
 from pipeline.config import ConfigError, RunConfig
 from pipeline.options import InferenceOptions, config_from_options, help_text, unknown_flags
-from transforms.handlers.common import InputMismatch, ModelLoadError, read_bytes, resolve_uri
-from transforms.handlers.onnx import check_input
+from pipeline.preflight import preflight
+from transforms.handlers.common import InputMismatch, ModelLoadError
 from transforms.io import BUNDLES, file_prefix, read_jsonl
 from transforms.metrics import percentile
 from transforms.records import METRICS_NAMESPACE
@@ -54,25 +53,6 @@ class RunSummary:
                 f"batch_latency_ms p50={self.batch_p50_ms:.1f} p95={self.batch_p95_ms:.1f}")
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Fail before submission on what can be checked from the launcher."""
-    if cfg.input_list and not FileSystems.exists(cfg.input_list):
-        raise ConfigError(f"--input_list: {cfg.input_list} does not exist")
-    if cfg.backend == "onnx":
-        import onnxruntime as ort
-
-        data = read_bytes(cfg.model)
-        try:
-            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(
-                f"--model: {resolve_uri(cfg.model)} is not a loadable ONNX model: {exc}") from exc
-        check_input(resolve_uri(cfg.model), session.get_inputs(), cfg.spec.input_name,
-                    cfg.spec.input_dtype, cfg.spec.input_shape(1)[1:])
-    elif cfg.engine and not FileSystems.exists(cfg.engine):
-        raise ConfigError(f"--engine: {cfg.engine} does not exist")
-
-
 def _metric(result: beam.runners.runner.PipelineResult, name: str) -> int:
     query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE)
                                    .with_name(name))
@@ -90,6 +70,17 @@ def summarize(result: beam.runners.runner.PipelineResult, cfg: RunConfig,
                       batch_p95_ms=percentile(batch_ms, 95), batches=len(batch_ms))
 
 
+def configure(argv: Sequence[str]) -> Tuple[PipelineOptions, RunConfig]:
+    """Options -> validated RunConfig -> preflight; everything before the graph."""
+    unknown = unknown_flags(argv)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown}; see python -m pipeline.main --help")
+    options = PipelineOptions(list(argv))
+    cfg = config_from_options(options.view_as(InferenceOptions))
+    preflight(options, cfg)
+    return options, cfg
+
+
 def run(argv: Optional[Sequence[str]] = None,
         test_pipeline: Optional[beam.Pipeline] = None) -> Optional[RunSummary]:
     """Run the pipeline; a local run blocks and returns its summary."""
@@ -97,12 +88,7 @@ def run(argv: Optional[Sequence[str]] = None,
     if "--help" in argv or "-h" in argv:
         print(help_text())
         return None
-    unknown = unknown_flags(argv)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown}; see python -m pipeline.main --help")
-    options = PipelineOptions(argv)
-    cfg = config_from_options(options.view_as(InferenceOptions))
-    preflight(cfg)
+    options, cfg = configure(argv)
     p = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(p, cfg)
     start = time.perf_counter()

@@ -1,0 +1,126 @@
+"""Checks that run on the launcher, before anything is submitted.
+
+Why: a Dataflow GPU job takes minutes to start workers. A wrong GPU type, a container
+built for another Beam, an unwritable output or a spec that does not fit the model
+must fail in a second on the launcher with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Dict, Optional
+
+import apache_beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (GoogleCloudOptions,
+                                                  PipelineOptions, SetupOptions,
+                                                  StandardOptions, WorkerOptions)
+
+from pipeline.config import ConfigError, RunConfig
+from transforms.handlers.common import read_bytes, resolve_uri
+from transforms.handlers.onnx import check_input
+
+# GPU types Dataflow accepts in worker_accelerator (Compute Engine accelerator names).
+KNOWN_GPU_TYPES = (
+    "nvidia-tesla-t4", "nvidia-tesla-p4", "nvidia-tesla-p100", "nvidia-tesla-v100",
+    "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-l4", "nvidia-h100-80gb",
+    "nvidia-h100-mega-80gb",
+)
+
+
+def check_model(cfg: RunConfig) -> None:
+    """The ONNX model loads and its input fits the spec (ONNX backend or engine builds)."""
+    import onnxruntime as ort
+
+    data = read_bytes(cfg.model)
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(
+            f"--model: {resolve_uri(cfg.model)} is not a loadable ONNX model: {exc}") from exc
+    check_input(resolve_uri(cfg.model), session.get_inputs(), cfg.spec.input_name,
+                cfg.spec.input_dtype, cfg.spec.input_shape(1)[1:])
+
+
+def check_output_writable(output: str) -> None:
+    """Write and delete a probe object under --output."""
+    probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe) as f:
+            f.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as exc:  # noqa: BLE001 - local, GCS and others raise differently
+        raise ConfigError(f"--output: cannot write under {output} "
+                          f"({type(exc).__name__}: {exc})") from exc
+
+
+def parse_accelerator(service_options: Optional[list]) -> Optional[Dict[str, str]]:
+    """worker_accelerator=type:T;count:N;install-nvidia-driver -> {type, count, driver}."""
+    for opt in service_options or []:
+        if opt.startswith("worker_accelerator="):
+            parts = opt.split("=", 1)[1].split(";")
+            out = {"driver": "install-nvidia-driver" in parts}
+            for part in parts:
+                if ":" in part:
+                    k, v = part.split(":", 1)
+                    out[k] = v
+            return out
+    return None
+
+
+def check_dataflow(options: PipelineOptions, cfg: RunConfig) -> None:
+    """GPU request, container and Beam version for DataflowRunner."""
+    gcp = options.view_as(GoogleCloudOptions)
+    acc = parse_accelerator(gcp.dataflow_service_options)
+    needs_gpu = cfg.backend == "tensorrt" or any(p != "CPUExecutionProvider"
+                                                 for p in cfg.onnx_providers)
+    if acc is None:
+        if needs_gpu:
+            raise ConfigError("--dataflow_service_options: expected worker_accelerator="
+                              "type:GPU;count:N;install-nvidia-driver for a GPU backend, got none")
+    else:
+        gpu = acc.get("type")
+        if gpu not in KNOWN_GPU_TYPES:
+            raise ConfigError(f"worker_accelerator type: expected one of "
+                              f"{list(KNOWN_GPU_TYPES)}, got {gpu!r}")
+        if not re.fullmatch(r"[1-9][0-9]*", str(acc.get("count", ""))):
+            raise ConfigError(f"worker_accelerator count: expected a positive integer, got "
+                              f"{acc.get('count')!r}")
+        if not acc["driver"]:
+            raise ConfigError("worker_accelerator: expected install-nvidia-driver; without it "
+                              "the workers have no GPU driver")
+    image = options.view_as(WorkerOptions).sdk_container_image
+    if image:
+        if options.view_as(SetupOptions).sdk_location != "container":
+            raise ConfigError("--sdk_location: expected 'container' with a custom "
+                              f"--sdk_container_image, got "
+                              f"{options.view_as(SetupOptions).sdk_location!r}")
+        check_image_beam_version(image, apache_beam.__version__)
+    elif needs_gpu:
+        raise ConfigError("--sdk_container_image: expected the GPU image built from "
+                          "tensor_rt.dockerfile, got none")
+
+
+def check_image_beam_version(image: str, launcher: str) -> None:
+    """The container's Beam SDK must equal the launcher's; tags carry it as -beamX.Y.Z."""
+    found = re.search(r"beam(\d+\.\d+\.\d+)", image.rsplit("/", 1)[-1])
+    if not found:
+        raise ConfigError(f"--sdk_container_image: expected a tag naming its Beam version "
+                          f"(…:TAG-beam{launcher}, as run_dataflow.sh builds), got {image}")
+    if found.group(1) != launcher:
+        raise ConfigError(f"--sdk_container_image: the image has Beam {found.group(1)}, this "
+                          f"launcher has Beam {launcher}; they must be equal")
+
+
+def preflight(options: PipelineOptions, cfg: RunConfig) -> None:
+    if cfg.input_list and not FileSystems.exists(cfg.input_list):
+        raise ConfigError(f"--input_list: {cfg.input_list} does not exist")
+    if cfg.backend == "onnx" or cfg.engine_cache:
+        check_model(cfg)
+    elif cfg.engine and not FileSystems.exists(cfg.engine):
+        raise ConfigError(f"--engine: {cfg.engine} does not exist")
+    check_output_writable(cfg.output)
+    runner = str(options.view_as(StandardOptions).runner or "")
+    if runner.split(".")[-1] == "DataflowRunner":
+        check_dataflow(options, cfg)
