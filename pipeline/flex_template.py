@@ -13,6 +13,16 @@ from pipeline.options import InferenceOptions
 
 REQUIRED = {"output"}
 
+# Beam/Dataflow options the GPU job needs at launch; declared so the template accepts them.
+BEAM_PARAMETERS = [
+    ("sdk_container_image", "The GPU container built from tensor_rt.dockerfile "
+                            "(tag ...-beam<version> equal to the launcher's Beam)."),
+    ("sdk_location", "Set to 'container': the Beam SDK comes from the image."),
+    ("dataflow_service_options", "worker_accelerator=type:GPU;count:N;install-nvidia-driver"),
+    ("experiments", "no_use_multiple_sdk_containers: one SDK process, one engine per GPU."),
+    ("number_of_worker_harness_threads", "Threads of the one SDK process (decode in parallel)."),
+]
+
 
 def parameters() -> List[Dict[str, Any]]:
     parser = argparse.ArgumentParser()
@@ -32,6 +42,9 @@ def parameters() -> List[Dict[str, Any]]:
         elif action.type is int:
             param["regexes"] = ["^[0-9]+$"]
         out.append(param)
+    for name, text in BEAM_PARAMETERS:
+        out.append({"name": name, "label": name.replace("_", " ").capitalize(),
+                    "helpText": text, "isOptional": True})
     return out
 
 
