@@ -13,7 +13,7 @@ import importlib.util
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -124,6 +124,47 @@ def stack_batch(batch: Sequence[np.ndarray], dtype: np.dtype,
                 f"input '{name}' example {i}: expected shape {format_shape(example_shape)}, "
                 f"got {list(ex.shape)}")
     return np.ascontiguousarray(np.stack(batch))
+
+
+@dataclass(frozen=True)
+class DeclaredInput:
+    """An input as a model or engine declares it: numpy dtype (None if unknown here),
+    the dtype as the format names it (for messages), and the shape (None = dynamic)."""
+
+    name: str
+    dtype: Optional[np.dtype]
+    dtype_text: str
+    shape: Tuple[Optional[int], ...]
+
+
+def check_declared_input(source: str, what: str, inputs: Sequence[DeclaredInput],
+                         input_name: Optional[str], dtype: Optional[str],
+                         example_shape: Optional[Sequence[int]]) -> DeclaredInput:
+    """Pick the image input of a model/engine and check it against the spec, so both
+    backends fail with the same message shape: source, expected value, declared value."""
+    names = [i.name for i in inputs]
+    if input_name is None:
+        if len(inputs) != 1:
+            raise InputMismatch(f"{source}: the {what} has inputs {names}; set input_name in "
+                                "the model spec")
+        decl = inputs[0]
+    else:
+        matches = [i for i in inputs if i.name == input_name]
+        if not matches:
+            raise InputMismatch(f"{source}: expected an input named '{input_name}', the "
+                                f"{what} has {names}")
+        decl = matches[0]
+    if dtype is not None and (decl.dtype is None or np.dtype(decl.dtype) != np.dtype(dtype)):
+        raise InputMismatch(f"{source}: input '{decl.name}' expected dtype {dtype}, the "
+                            f"{what} declares {decl.dtype_text}")
+    if example_shape is not None:
+        want = [None] + list(example_shape)
+        have = list(decl.shape)
+        if len(want) != len(have) or any(h is not None and w is not None and h != w
+                                         for w, h in zip(want, have)):
+            raise InputMismatch(f"{source}: input '{decl.name}' expected shape "
+                                f"{format_shape(want)}, the {what} declares {format_shape(have)}")
+    return decl
 
 
 def format_shape(shape: Sequence[int | str | None]) -> str:

@@ -15,8 +15,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.handlers.common import (BatchClock, InferenceOutput, InputMismatch,
-                                        ModelLoadError, format_shape, run_chunked,
+from transforms.handlers.common import (BatchClock, DeclaredInput, InferenceOutput,
+                                        ModelLoadError, check_declared_input, run_chunked,
                                         iter_outputs, read_bytes, resolve_uri, sha256_hex,
                                         split_rows, stack_batch, timed_ms)
 
@@ -51,35 +51,17 @@ class OnnxModel:
     providers: List[str] = field(default_factory=list)
 
 
+def declared_inputs(inputs: Sequence[Any]) -> List[DeclaredInput]:
+    """ONNX Runtime NodeArgs as DeclaredInputs."""
+    return [DeclaredInput(i.name, np.dtype(_ORT_DTYPES[i.type]) if i.type in _ORT_DTYPES
+                          else None, i.type, tuple(_dim(d) for d in i.shape)) for i in inputs]
+
+
 def check_input(path: str, inputs: Sequence[Any], input_name: Optional[str],
-                dtype: Optional[str], example_shape: Optional[Sequence[int]]) -> Any:
-    """Find the image input and check it against the spec; returns the NodeArg."""
-    names = [i.name for i in inputs]
-    if input_name is None:
-        if len(inputs) != 1:
-            raise InputMismatch(
-                f"{path}: the model has inputs {names}; set input_name in the model spec")
-        node = inputs[0]
-    else:
-        matches = [i for i in inputs if i.name == input_name]
-        if not matches:
-            raise InputMismatch(
-                f"{path}: expected an input named '{input_name}', the model has {names}")
-        node = matches[0]
-    actual_dtype = _ORT_DTYPES.get(node.type)
-    if dtype is not None and (actual_dtype is None or np.dtype(actual_dtype) != np.dtype(dtype)):
-        raise InputMismatch(
-            f"{path}: input '{node.name}' expected dtype {dtype}, the model declares {node.type}")
-    if example_shape is not None:
-        model_shape = list(node.shape)
-        want = [None] + list(example_shape)
-        ok = len(model_shape) == len(want) and all(
-            _dim(m) is None or w is None or _dim(m) == w for m, w in zip(model_shape, want))
-        if not ok:
-            raise InputMismatch(
-                f"{path}: input '{node.name}' expected shape {format_shape(want)}, "
-                f"the model declares {format_shape([_dim(m) for m in model_shape])}")
-    return node
+                dtype: Optional[str], example_shape: Optional[Sequence[int]]) -> DeclaredInput:
+    """Find the image input of an ONNX session and check it against the spec."""
+    return check_declared_input(path, "model", declared_inputs(inputs), input_name, dtype,
+                                example_shape)
 
 
 class OnnxModelHandler(ModelHandler[np.ndarray, PredictionResult, OnnxModel]):
@@ -146,12 +128,12 @@ class OnnxModelHandler(ModelHandler[np.ndarray, PredictionResult, OnnxModel]):
                 f"{got} (check the CUDA/TensorRT libraries on this machine)")
         node = check_input(path, session.get_inputs(), self._input_name, self._input_dtype,
                            self._example_shape)
-        shape = [_dim(d) for d in node.shape]
+        shape = list(node.shape)
         self._clock = BatchClock()
         LOG.info("loaded %s on %s", path, got)
         return OnnxModel(
             session=session, input_name=node.name,
-            dtype=np.dtype(_ORT_DTYPES.get(node.type, np.float32)),
+            dtype=node.dtype if node.dtype is not None else np.dtype(np.float32),
             example_shape=tuple(shape[1:]), fixed_batch=shape[0],
             output_names=[o.name for o in session.get_outputs()],
             sha256=sha256_hex(data), providers=got)

@@ -21,8 +21,9 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, T
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.handlers.common import (BatchClock, InputMismatch,
-                                        format_shape, iter_outputs, read_bytes, run_chunked,
+from transforms.handlers.common import (BatchClock, DeclaredInput, InputMismatch,
+                                        check_declared_input,
+                                        iter_outputs, read_bytes, run_chunked,
                                         sha256_hex, split_rows, stack_batch, timed_ms)
 from transforms.handlers.engine import EngineMismatch, Sidecar, TrtEngine, batch_inputs, trt_module
 from transforms.handlers.engine_cache import BuildFn, EngineCache, Identity, tensorrt_build
@@ -40,28 +41,10 @@ def load_sidecar(engine_uri: str) -> Sidecar:
 def check_spec(sidecar: Sidecar, source: str, input_name: Optional[str],
                input_dtype: Optional[str], example_shape: Optional[Sequence[int]]) -> str:
     """The image input of the engine, checked against the model spec; returns its name."""
-    names = [t.name for t in sidecar.inputs]
-    if input_name is None:
-        if len(names) != 1:
-            raise InputMismatch(f"{source}: the engine has inputs {names}; set input_name "
-                                "in the model spec")
-        input_name = names[0]
-    specs = {t.name: t for t in sidecar.inputs}
-    if input_name not in specs:
-        raise InputMismatch(f"{source}: expected an input named '{input_name}', the engine "
-                            f"has {names}")
-    t = specs[input_name]
-    if input_dtype is not None and np.dtype(input_dtype) != np.dtype(t.dtype):
-        raise InputMismatch(f"{source}: input '{input_name}' expected dtype {input_dtype}, "
-                            f"the engine declares {t.dtype}")
-    if example_shape is not None:
-        want = [None] + list(example_shape)
-        have = [None if d < 0 else d for d in t.shape]
-        if len(want) != len(have) or any(h is not None and w is not None and h != w
-                                         for w, h in zip(want, have)):
-            raise InputMismatch(f"{source}: input '{input_name}' expected shape "
-                                f"{format_shape(want)}, the engine declares {format_shape(have)}")
-    return input_name
+    inputs = [DeclaredInput(t.name, np.dtype(t.dtype), t.dtype,
+                            tuple(None if d < 0 else d for d in t.shape)) for t in sidecar.inputs]
+    return check_declared_input(source, "engine", inputs, input_name, input_dtype,
+                                example_shape).name
 
 
 def runtime_identity() -> tuple:
