@@ -2,7 +2,7 @@
 # Steps of one GPU-machine session (see README "GPU tests and benchmarks"). Each step fits
 # one device run (< 10 min); engines and the exported model persist in /tmp between steps
 # while the machine is held. Logs and JSON go to $OUT (the device tool brings them back).
-#   trt steps (after ../shared/gpu/pack-trt is unpacked): export build-fp32 build-fp16 test bench
+#   trt steps (after ../shared/gpu/pack-trt is unpacked): export build-fp32 build-fp16 test bench pipeline
 #   ort step  (after ../shared/gpu/pack is unpacked):     ort
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -36,6 +36,17 @@ for step in "$@"; do
       for p in tf32 fp16; do
         python -m pipeline.benchmark run --backend tensorrt --engine "$ENG/effnetv2s.$p.plan" \
           --label "TensorRT 8.6 $p" --json "$OUT/bench-trt-$p.json" 2>&1 | tail -3
+      done ;;
+    pipeline)     # end-to-end images/s with --backend tensorrt (open_nsfw fp16 plan from `test`)
+      trt_env
+      mkdir -p $W/many
+      for i in $(seq 1 100); do for f in samples/*.jpg samples/*.png; do
+        cp "$f" "$W/many/${i}_$(basename "$f")"; done; done
+      for mode in "" "--direct_num_workers=8 --direct_running_mode=multi_processing"; do
+        rm -rf $W/pout
+        python -m pipeline.main --input "$W/many/*" --output $W/pout --backend tensorrt \
+          --engine "$ENG/open_nsfw.fp16.plan" $mode 2>&1 | grep summary | sed "s|^|[${mode:-in-process}] |" \
+          | tee -a "$OUT/pipeline.log"
       done ;;
     ort)
       . /tmp/gpu-env.sh
