@@ -222,7 +222,7 @@ class RunConfig:
     backend: str = "onnx"
     onnx_providers: Tuple[str, ...] = ("CPUExecutionProvider",)
     engine: Optional[str] = None
-    min_batch_size: int = 1
+    min_batch_size: Optional[int] = None
     max_batch_size: Optional[int] = None
     top_k: int = 5
     output_format: str = "jsonl"
@@ -264,10 +264,11 @@ class RunConfig:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_id):
             raise ConfigError(f"--run_id: expected letters, digits, '.', '_' or '-', "
                               f"got {self.run_id!r}")
-        _positive("--min_batch_size", self.min_batch_size)
+        if self.min_batch_size is not None:
+            _positive("--min_batch_size", self.min_batch_size)
         if self.max_batch_size is not None:
             _positive("--max_batch_size", self.max_batch_size)
-            if self.max_batch_size < self.min_batch_size:
+            if self.min_batch_size is not None and self.max_batch_size < self.min_batch_size:
                 raise ConfigError(
                     f"--max_batch_size: expected >= --min_batch_size {self.min_batch_size}, "
                     f"got {self.max_batch_size}")

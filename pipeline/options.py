@@ -65,8 +65,10 @@ class InferenceOptions(PipelineOptions):
         g.add_argument("--engine", default=None,
                        help="TensorRT plan (local or gs://) built by pipeline.build_engine; "
                             "its sidecar <engine>.json must sit beside it.")
-        g.add_argument("--min_batch_size", type=int, default=1,
-                       help="Smallest batch BatchElements forms (default 1).")
+        g.add_argument("--min_batch_size", type=int, default=None,
+                       help="Smallest batch BatchElements forms. Default: 1 for ONNX, the "
+                            "engine profile's opt batch for TensorRT, so the GPU gets full "
+                            "batches instead of BatchElements' small adaptive ones.")
         g.add_argument("--max_batch_size", type=int, default=None,
                        help="Largest batch BatchElements forms. Default: 32 for ONNX, "
                             "the engine profile's max for TensorRT.")

@@ -155,6 +155,6 @@ def test_publish_refuses_a_build_for_another_key(tmp_path):
 def test_handler_with_cache_batches_by_requested_profile():
     h = TensorRTEngineHandler(engine_cache="gs://bucket/engines", onnx_uri="gs://bucket/m.onnx",
                               profile=(1, 16, 64))
-    assert h.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 64}
+    assert h.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 64}
     with pytest.raises(ValueError, match="expected engine_uri, or engine_cache with onnx_uri"):
         TensorRTEngineHandler(engine_cache="gs://bucket/engines")

@@ -32,7 +32,10 @@ def test_check_spec():
 
 def test_batching_follows_profile_unless_overridden(tmp_path):
     plan = _write(tmp_path)
+    # min = the profile's opt batch (10), max = its max (32)
     assert TensorRTEngineHandler(plan).batch_elements_kwargs() == {
+        "min_batch_size": 10, "max_batch_size": 32}
+    assert TensorRTEngineHandler(plan, min_batch_size=1).batch_elements_kwargs() == {
         "min_batch_size": 1, "max_batch_size": 32}
     assert TensorRTEngineHandler(plan, min_batch_size=4, max_batch_size=16
                                  ).batch_elements_kwargs() == {"min_batch_size": 4,

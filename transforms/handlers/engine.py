@@ -83,6 +83,11 @@ class Sidecar:
         return min(maxes) if maxes else 1
 
     @property
+    def opt_batch(self) -> int:
+        opts = [t.profile_opt[0] for t in self.inputs if t.profile_opt]
+        return min(opts) if opts else self.max_batch
+
+    @property
     def min_batch(self) -> int:
         mins = [t.profile_min[0] for t in self.inputs if t.profile_min]
         return max(mins) if mins else 1

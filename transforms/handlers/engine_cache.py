@@ -55,15 +55,13 @@ class EngineKey:
 
     def mismatch(self, s: Sidecar) -> Optional[str]:
         """Why a sidecar does not serve this key, or None when it does."""
-        batches = (s.min_batch, s.max_batch)
-        opt = min((t.profile_opt[0] for t in s.inputs if t.profile_opt), default=None)
         checks = [
             ("tensorrt_version", s.tensorrt_version, self.tensorrt_version),
             ("gpu_name", s.gpu_name, self.gpu_name),
             ("compute_capability", s.compute_capability, self.compute_capability),
             ("onnx_sha256", s.onnx_sha256, self.onnx_sha256),
             ("precision", s.precision, self.precision),
-            ("profile batches", (batches[0], opt, batches[1]),
+            ("profile batches", (s.min_batch, s.opt_batch, s.max_batch),
              (self.min_batch, self.opt_batch, self.max_batch)),
         ]
         for name, got, want in checks:

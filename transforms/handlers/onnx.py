@@ -76,13 +76,13 @@ class OnnxModelHandler(ModelHandler[np.ndarray, PredictionResult, OnnxModel]):
         input_name: Optional[str] = None,
         input_dtype: Optional[str] = None,
         example_shape: Optional[Sequence[int]] = None,
-        min_batch_size: int = 1,
+        min_batch_size: Optional[int] = None,
         max_batch_size: Optional[int] = None,
         large_model: bool = False,
         model_copies: Optional[int] = None,
         intra_op_num_threads: Optional[int] = None,
     ) -> None:
-        super().__init__(min_batch_size=min_batch_size,
+        super().__init__(min_batch_size=min_batch_size or 1,
                          max_batch_size=max_batch_size or 32,
                          large_model=large_model, model_copies=model_copies)
         self._model_uri = model_uri

@@ -73,7 +73,7 @@ class TensorRTEngineHandler(ModelHandler[Any, PredictionResult, TrtEngine]):
         input_name: Optional[str] = None,
         input_dtype: Optional[str] = None,
         example_shape: Optional[Sequence[int]] = None,
-        min_batch_size: int = 1,
+        min_batch_size: Optional[int] = None,
         max_batch_size: Optional[int] = None,
         large_model: bool = False,
         model_copies: Optional[int] = None,
@@ -99,12 +99,19 @@ class TensorRTEngineHandler(ModelHandler[Any, PredictionResult, TrtEngine]):
         self._clock: Optional[BatchClock] = None
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        """Batches follow the engine profile (read from the sidecar) unless overridden."""
-        max_batch = self._max_batch
-        if max_batch is None:
-            max_batch = (self._profile[2] if self._cache_root
-                         else load_sidecar(self._engine_uri).max_batch)
-        return {"min_batch_size": min(self._min_batch, max_batch), "max_batch_size": max_batch}
+        """Batches follow the engine profile unless overridden: at most its max, and at
+        least its opt batch, because BatchElements' adaptive sizing otherwise starts at 1
+        and leaves the GPU waiting on many tiny batches."""
+        min_batch, max_batch = self._min_batch, self._max_batch
+        if min_batch is None or max_batch is None:
+            if self._cache_root:
+                opt, top = self._profile[1], self._profile[2]
+            else:
+                sidecar = load_sidecar(self._engine_uri)
+                opt, top = sidecar.opt_batch, sidecar.max_batch
+            min_batch = opt if min_batch is None else min_batch
+            max_batch = top if max_batch is None else max_batch
+        return {"min_batch_size": min(min_batch, max_batch), "max_batch_size": max_batch}
 
     def _from_cache(self) -> Tuple[bytes, Sidecar, str]:
         identity = self._identity_fn or runtime_identity
