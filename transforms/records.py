@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Mapping
+from typing import Any, Dict, Iterator, Mapping
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -74,14 +74,3 @@ class PerImageStageFn(beam.DoFn):
             return
         yield item.next(payload, self.stage, (time.perf_counter() - start) * 1000.0)
 
-
-class FnStage(PerImageStageFn):
-    """A PerImageStageFn from a plain picklable function of the payload."""
-
-    def __init__(self, stage: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__()
-        self.stage = stage
-        self._fn = fn
-
-    def apply(self, item: Item) -> Any:
-        return self._fn(item.payload)

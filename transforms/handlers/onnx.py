@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.handlers.common import (BatchClock, DeclaredInput, InferenceOutput,
+from transforms.handlers.common import (BatchClock, DeclaredInput,
                                         ModelLoadError, check_declared_input, run_chunked,
                                         iter_outputs, read_bytes, resolve_uri, sha256_hex,
                                         split_rows, stack_batch, timed_ms)
@@ -167,5 +167,3 @@ class OnnxModelHandler(ModelHandler[np.ndarray, PredictionResult, OnnxModel]):
     def get_metrics_namespace(self) -> str:
         return "beam_trt_inference_onnx"
 
-
-__all__ = ["OnnxModelHandler", "OnnxModel", "InferenceOutput", "check_input"]
