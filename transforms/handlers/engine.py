@@ -54,6 +54,16 @@ class TensorSpec:
                    profile_max=tup(d.get("profile_max")))
 
 
+def profile_batches(inputs: Sequence[TensorSpec]) -> Tuple[int, int, int]:
+    """(min, opt, max) batch that every input's profile admits: the largest minimum,
+    the smallest opt and the smallest maximum of dim 0; (1, max, 1) without profiles."""
+    mins = [t.profile_min[0] for t in inputs if t.profile_min]
+    opts = [t.profile_opt[0] for t in inputs if t.profile_opt]
+    maxes = [t.profile_max[0] for t in inputs if t.profile_max]
+    top = min(maxes) if maxes else 1
+    return (max(mins) if mins else 1, min(opts) if opts else top, top)
+
+
 @dataclass(frozen=True)
 class Sidecar:
     """What a plan was built from and for; written by pipeline.build_engine."""
@@ -77,20 +87,16 @@ class Sidecar:
         return [t for t in self.tensors if t.mode == "output"]
 
     @property
-    def max_batch(self) -> int:
-        """The largest batch every input's profile admits."""
-        maxes = [t.profile_max[0] for t in self.inputs if t.profile_max]
-        return min(maxes) if maxes else 1
+    def min_batch(self) -> int:
+        return profile_batches(self.inputs)[0]
 
     @property
     def opt_batch(self) -> int:
-        opts = [t.profile_opt[0] for t in self.inputs if t.profile_opt]
-        return min(opts) if opts else self.max_batch
+        return profile_batches(self.inputs)[1]
 
     @property
-    def min_batch(self) -> int:
-        mins = [t.profile_min[0] for t in self.inputs if t.profile_min]
-        return max(mins) if mins else 1
+    def max_batch(self) -> int:
+        return profile_batches(self.inputs)[2]
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -225,10 +231,7 @@ class TrtEngine:
         self.tensors = tensor_specs(self._engine)
         self.inputs = [t for t in self.tensors if t.mode == "input"]
         self.outputs = [t for t in self.tensors if t.mode == "output"]
-        maxes = [t.profile_max[0] for t in self.inputs if t.profile_max]
-        self.max_batch = min(maxes) if maxes else 1
-        self.min_batch = max(t.profile_min[0] for t in self.inputs if t.profile_min) \
-            if maxes else 1
+        self.min_batch, _, self.max_batch = profile_batches(self.inputs)
         try:
             self._context = self._engine.create_execution_context()
             if self._context is None:

@@ -114,12 +114,11 @@ class TensorRTEngineHandler(ModelHandler[Any, PredictionResult, TrtEngine]):
         return {"min_batch_size": min(min_batch, max_batch), "max_batch_size": max_batch}
 
     def _from_cache(self) -> Tuple[bytes, Sidecar, str]:
-        identity = self._identity_fn or runtime_identity
+        # The cache only returns plans whose sidecar matches this worker's TensorRT, GPU
+        # and compute capability (EngineKey.mismatch), so no second runtime check here.
         cache = EngineCache(self._cache_root, self._build_fn or tensorrt_build(
-            optimization_level=self._opt_level), identity)
+            optimization_level=self._opt_level), self._identity_fn or runtime_identity)
         got = cache.get_or_build(self._onnx_uri, self._precision, *self._profile)
-        version, gpu, cc = identity()
-        got.sidecar.check_runtime(version, gpu, cc, source=got.uri + ".json")
         check_spec(got.sidecar, got.uri, self._input_name, self._input_dtype,
                    self._example_shape)
         return got.plan, got.sidecar, got.uri
