@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+from transforms.image_bounds import BOUNDED_FORMATS
+
 LAYOUTS = ("NHWC", "NCHW")
 CHANNEL_ORDERS = ("RGB", "BGR")
 RESIZE_POLICIES = ("exact", "shorter_side", "none")
@@ -204,10 +206,17 @@ class DecodeLimits:
 
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS default
+    # Pillow format names this run decodes; each must be one image_bounds can bound.
+    formats: Tuple[str, ...] = BOUNDED_FORMATS
 
     def __post_init__(self) -> None:
         _positive("max_bytes", self.max_bytes)
         _positive("max_pixels", self.max_pixels)
+        object.__setattr__(self, "formats", tuple(f.upper() for f in self.formats))
+        if not self.formats:
+            raise ConfigError("--image_formats: expected at least one format, got none")
+        for fmt in self.formats:
+            _choice("--image_formats", fmt, BOUNDED_FORMATS)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from pipeline.config import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, TRT_PRECISIONS,
                              ConfigError,
                              DecodeLimits, ModelSpec, OPEN_NSFW_SPEC, RunConfig)
+from transforms.image_bounds import BOUNDED_FORMATS
 
 
 def _csv(value: str) -> List[str]:
@@ -80,7 +81,13 @@ class InferenceOptions(PipelineOptions):
                        help="Files larger than this are dead letters, never read whole.")
         g.add_argument("--max_image_pixels", type=int, default=DecodeLimits.max_pixels,
                        help="Images whose header declares more pixels are dead letters "
-                            "(decompression-bomb guard).")
+                            "(decompression-bomb guard), at every nesting level: container "
+                            "entries, pages, frames and codestreams count too.")
+        g.add_argument("--image_formats", default=",".join(BOUNDED_FORMATS),
+                       help="Comma-separated image formats to decode (Pillow names); any "
+                            "other file is a dead letter. Only formats whose declared sizes "
+                            "are bounded before decoding are accepted: "
+                            + ", ".join(BOUNDED_FORMATS) + " (MPO arrives as JPEG).")
         g.add_argument("--engine_cache", default=None,
                        help="Instead of --engine: a prefix (gs://.../engines/) of TensorRT "
                             "plans keyed by TensorRT version, GPU, ONNX sha256, precision "
@@ -150,7 +157,8 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         max_batch_size=opts.max_batch_size,
         top_k=opts.top_k,
         output_format=opts.output_format,
-        limits=DecodeLimits(max_bytes=opts.max_image_bytes, max_pixels=opts.max_image_pixels),
+        limits=DecodeLimits(max_bytes=opts.max_image_bytes, max_pixels=opts.max_image_pixels,
+                            formats=tuple(_csv(opts.image_formats))),
         model_copies=opts.model_copies,
         engine_cache=opts.engine_cache,
         trt_precision=opts.trt_precision,

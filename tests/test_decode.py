@@ -144,7 +144,7 @@ def test_bad_bytes_raise_named_errors(data, exc, match):
 
 
 def test_pixel_cap_is_configurable():
-    with pytest.raises(ImageTooLarge, match="64x48 = 3072 pixels; expected at most 1000"):
+    with pytest.raises(ImageTooLarge, match="3072 pixels.*expected at most 1000"):
         decode_image(jpeg_bytes((64, 48)), DecodeLimits(max_pixels=1000))
 
 

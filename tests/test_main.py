@@ -145,3 +145,42 @@ def test_help_lists_flags(capsys):
                  "--onnx_providers", "--min_batch_size", "--max_batch_size", "--top_k",
                  "--output_format"):
         assert flag in text
+
+
+_PEAK_RSS_RUN = """
+import resource, runpy, sys
+sys.argv = ["pipeline.main", *sys.argv[1:]]
+try:
+    runpy.run_module("pipeline.main", run_name="__main__", alter_sys=True)
+finally:
+    print("peak_rss_mb=%d" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024),
+          file=sys.stderr)
+"""
+
+
+def test_hostile_files_beside_samples_in_one_run(tmp_path):
+    """Every sample scored once, every bomb dead-lettered once, the run's peak RSS small."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.hostile_images import HOSTILE
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sample_paths():
+        shutil.copy(p, images / p.name)
+    for name, build in HOSTILE.items():
+        (images / name).write_bytes(build())
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS_RUN, "--input", str(images / "*"),
+                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    preds = [p["uri"] for p in _records(out, "predictions")]
+    assert sorted(preds) == sorted(str(images / p.name) for p in sample_paths())
+    errors = _records(out, "errors")
+    assert sorted(e["uri"] for e in errors) == sorted(str(images / n) for n in HOSTILE)
+    assert {e["error_type"] for e in errors} <= {"ImageTooLarge", "UnsupportedFormat"}
+    peak = int(done.stderr.rsplit("peak_rss_mb=", 1)[1].split()[0])
+    assert peak < 1536, peak

@@ -7,39 +7,31 @@ decode failure is caught here, where it concerns exactly one URI.
 from __future__ import annotations
 
 import io
-from typing import Optional, Tuple
+import re
+import struct
+import warnings
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.config import DecodeLimits, ModelSpec
+from transforms.decode_errors import (DecodeError, EmptyImage, ImageTooLarge,
+                                      UndecodableImage, UnsupportedFormat, UnsupportedMode)
+from transforms.image_bounds import check_bytes, check_opened
 from transforms.records import Item, PerImageStageFn
 
+__all__ = ["DecodeError", "EmptyImage", "ImageTooLarge", "UndecodableImage",
+           "UnsupportedFormat", "UnsupportedMode", "check_size", "decode_image", "to_rgb",
+           "DecodeImage"]
 
-class DecodeError(ValueError):
-    """Base class: the bytes of one image could not become pixels."""
+# Pillow's own decompression-bomb check stays on as a second line behind
+# image_bounds: Image.MAX_IMAGE_PIXELS is set to the run's cap on every call, and its
+# DecompressionBombWarning (over the cap, under twice it) is made an error here, so
+# both map to ImageTooLarge.
+_BOMB_FILTER = ("error", None, Image.DecompressionBombWarning, None, 0)
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
-
-class EmptyImage(DecodeError):
-    """The file has no bytes."""
-
-
-class ImageTooLarge(DecodeError):
-    """Bytes or pixels over the configured caps (decompression-bomb guard)."""
-
-
-class UndecodableImage(DecodeError):
-    """Not an image Pillow can read, or a truncated/corrupt one."""
-
-
-class UnsupportedMode(DecodeError):
-    """A Pillow mode this decoder has no correct RGB conversion for."""
-
-
-# Our own cap (DecodeLimits.max_pixels, checked on the header before any pixel is
-# decoded) replaces Pillow's global one, so the limit is configurable per run and the
-# dead letter can name the declared size.
-Image.MAX_IMAGE_PIXELS = None
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -54,12 +46,47 @@ def check_size(nbytes: int, limits: DecodeLimits) -> None:
         raise ImageTooLarge(f"file has {nbytes} bytes; expected at most {limits.max_bytes}")
 
 
+def _arm_pillow_check(limits: DecodeLimits) -> None:
+    """Pillow's cap follows the run's; its warning raises (re-armed if a test or a
+    library reset the warning filters)."""
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    if _BOMB_FILTER not in warnings.filters:
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def _too_large(exc: BaseException, limits: DecodeLimits) -> ImageTooLarge:
+    """Pillow's bomb error or warning, in the words of our own header check."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    declared = f"{found.group(1)} pixels" if found else str(exc)
+    return ImageTooLarge(f"an image in the file declares {declared} (Pillow's "
+                         f"decompression-bomb check); expected at most {limits.max_pixels}")
+
+
+def _refused_format(prefix: bytes, allowed: Tuple[str, ...]) -> Optional[str]:
+    """The name of a format Pillow knows but this run refuses, from its magic bytes only."""
+    Image.init()
+    for fmt, (_, accept) in Image.OPEN.items():
+        if fmt not in allowed and accept is not None and accept(prefix) is True:
+            return fmt
+    return None
+
+
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Identify and read headers only (Pillow opens lazily); every declared size is
+    checked against the cap here, before any decoder allocates."""
+    _bounded(lambda: check_bytes(data, limits.max_pixels, limits.formats), "")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=limits.formats)
     except UnidentifiedImageError as exc:
+        refused = _refused_format(data[:16], limits.formats)
+        if refused is not None:
+            raise UnsupportedFormat(
+                f"{refused} files are refused: their declared sizes cannot be bounded "
+                f"before decoding; expected one of {list(limits.formats)}") from exc
         raise UndecodableImage(
             f"not a recognised image format (first bytes {data[:8]!r})") from exc
+    except _BOMBS as exc:
+        raise _too_large(exc, limits) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise UndecodableImage(f"cannot open image: {exc}") from exc
     w, h = img.size
@@ -68,7 +95,18 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
             f"header declares {w}x{h} = {w * h} pixels; expected at most {limits.max_pixels}")
     if w == 0 or h == 0:
         raise UndecodableImage(f"header declares an empty image {w}x{h}")
+    _bounded(lambda: check_opened(img, data, limits.max_pixels), f"{img.format} ")
     return img
+
+
+def _bounded(check: Callable[[], None], what: str) -> None:
+    """Run a header walk; a header too broken to walk is undecodable, not a crash."""
+    try:
+        check()
+    except DecodeError:
+        raise
+    except (LookupError, TypeError, ValueError, struct.error) as exc:
+        raise UndecodableImage(f"cannot read {what}headers: {exc}") from exc
 
 
 def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
@@ -125,6 +163,7 @@ def decode_image(
     downsamples with antialiasing and quality is unchanged.
     """
     check_size(len(data), limits)
+    _arm_pillow_check(limits)
     img = _open(data, limits)
     try:
         if target_size is not None and img.format == "JPEG":
@@ -135,6 +174,8 @@ def decode_image(
         return to_rgb(img, alpha_background)
     except DecodeError:
         raise
+    except _BOMBS as exc:
+        raise _too_large(exc, limits) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UndecodableImage(f"cannot decode {img.format or 'image'} data: {exc}") from exc
 
