@@ -6,62 +6,98 @@ CLI, from the same config object, on a pipeline they provide.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 
 from pipeline.config import RunConfig
 from transforms.decode import DecodeImage
+from transforms.handlers.keyed import KeyedBatchHandler
+from transforms.handlers.model_handler import Loader, NumpyModelHandler
 from transforms.io import ReadImages, WriteBundleMetrics, WriteDeadLetters, WritePredictions
 from transforms.metrics import BUNDLES, BundleMetrics
 from transforms.postprocess import Postprocess
 from transforms.preprocess import Preprocess
-from transforms.records import DEAD_LETTER, METRICS_NAMESPACE, Item, ItemKey, dead_letter
+from transforms.records import DEAD_LETTER, MAX_MESSAGE_CHARS, METRICS_NAMESPACE, Item, ItemKey
+from transforms.runtime.errors import SystemicError
+from transforms.runtime.onnx import OnnxLoader
+from transforms.runtime.tensorrt.runner import TrtLoader
 
 
-def make_handler(cfg: RunConfig) -> ModelHandler:
-    """The unkeyed numpy handler for the configured backend (GPU libraries load lazily)."""
-    example_shape = cfg.spec.input_shape(1)[1:]
+def onnx_loader(cfg: RunConfig, providers: Optional[Tuple[str, ...]] = None) -> OnnxLoader:
+    spec = cfg.spec
+    return OnnxLoader(cfg.model, providers=providers or cfg.onnx_providers,
+                      input_name=spec.input_name, input_dtype=spec.input_dtype,
+                      example_shape=spec.input_shape(1)[1:])
+
+
+def make_loader(cfg: RunConfig) -> Loader:
+    """The runner's loader for the configured backend (GPU libraries load lazily, on the
+    worker, inside the loader's call)."""
     if cfg.backend == "tensorrt":
-        from transforms.handlers.tensorrt import TensorRTEngineHandler
-
-        return TensorRTEngineHandler(
-            cfg.engine, engine_cache=cfg.engine_cache,
+        spec = cfg.spec
+        return TrtLoader(
+            engine_uri=cfg.engine, engine_cache=cfg.engine_cache,
             onnx_uri=cfg.model if cfg.engine_cache else None, precision=cfg.trt_precision,
             profile=cfg.trt_profile, optimization_level=cfg.trt_optimization_level,
-            input_name=cfg.spec.input_name, input_dtype=cfg.spec.input_dtype,
-            example_shape=example_shape, min_batch_size=cfg.min_batch_size,
-            max_batch_size=cfg.max_batch_size, model_copies=cfg.model_copies)
-    from transforms.handlers.onnx import OnnxModelHandler
+            input_name=spec.input_name, input_dtype=spec.input_dtype,
+            example_shape=spec.input_shape(1)[1:])
+    return onnx_loader(cfg)
 
-    return OnnxModelHandler(
-        cfg.model, providers=cfg.onnx_providers, input_name=cfg.spec.input_name,
-        input_dtype=cfg.spec.input_dtype, example_shape=example_shape,
-        min_batch_size=cfg.min_batch_size, max_batch_size=cfg.max_batch_size,
-        model_copies=cfg.model_copies)
+
+def make_handler(cfg: RunConfig) -> NumpyModelHandler:
+    """The unkeyed numpy handler: one class for every backend."""
+    return NumpyModelHandler(make_loader(cfg), min_batch_size=cfg.min_batch_size,
+                             max_batch_size=cfg.max_batch_size, model_copies=cfg.model_copies)
 
 
 def _keyed(item: Item) -> tuple:
     return ItemKey(item.uri, item.timings), item.payload
 
 
+class SystemicFailure(RuntimeError):
+    """Inference failed for a reason that is not the images': the bundle fails with it."""
+
+
+def exception_facts(exc: Any) -> Tuple[Optional[type], str, str]:
+    """(type, type name, message) of what RunInference's dead-letter output carries: an
+    exception, or Beam's ``(type, repr, formatted traceback)`` tuple."""
+    if isinstance(exc, BaseException):
+        return type(exc), type(exc).__name__, str(exc) or repr(exc)
+    if isinstance(exc, tuple) and exc and isinstance(exc[0], type):
+        kind = exc[0]
+        lines = exc[2] if len(exc) > 2 and isinstance(exc[2], (list, tuple)) else []
+        last = "".join(lines).rstrip().splitlines()[-1] if lines else str(exc[1])
+        head, sep, tail = last.partition(": ")
+        message = tail if sep and head.endswith(kind.__name__) else last
+        return kind, kind.__name__, message
+    return None, type(exc).__name__, str(exc)
+
+
 class BatchFailures(beam.DoFn):
-    """RunInference's DLQ gives (batch, exception): one dead letter per image in it."""
+    """RunInference's DLQ gives (batch, exception): one dead letter per image in it, or,
+    for a systemic error (CUDA, a dead shared-model process, an engine that cannot run),
+    a failed bundle that names the cause instead of a run of dead letters."""
 
     def __init__(self) -> None:
         self._failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
 
     def process(self, element: tuple) -> Iterator[Dict[str, str]]:
         batch, exc = element
+        kind, name, message = exception_facts(exc)
+        if kind is not None and issubclass(kind, SystemicError):
+            raise SystemicFailure(f"inference failed for a batch of {len(batch)} with a "
+                                  f"systemic error, not the images' fault: {name}: {message}")
         for key, _ in batch:
             self._failed.inc()
-            yield dead_letter(key.uri, "inference", exc)
+            yield {"uri": key.uri, "stage": "inference", "error_type": name,
+                   "message": message[:MAX_MESSAGE_CHARS]}
 
 
 def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
-                   handler: ModelHandler | None = None) -> Dict[str, Any]:
+                   handler: Optional[NumpyModelHandler] = None) -> Dict[str, Any]:
     """Read -> decode -> preprocess -> RunInference -> postprocess -> write.
 
     Returns the main PCollections so tests can assert on them.
@@ -76,7 +112,7 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
     inferred, dlq = (
         tensors.images
         | "Key" >> beam.Map(_keyed)
-        | "RunInference" >> RunInference(KeyedModelHandler(handler)).with_exception_handling())
+        | "RunInference" >> RunInference(KeyedBatchHandler(handler)).with_exception_handling())
     post = inferred | "Postprocess" >> beam.ParDo(
         Postprocess(cfg.spec, cfg.backend, cfg.top_k)).with_outputs(DEAD_LETTER, main="preds")
     measured = post.preds | "BundleMetrics" >> beam.ParDo(BundleMetrics()).with_outputs(

@@ -17,10 +17,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.build import build_pipeline
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import RunConfig
+from transforms.spec import ConfigError
 from pipeline.options import InferenceOptions, config_from_options, help_text, unknown_flags
 from pipeline.preflight import preflight
-from transforms.handlers.common import InputMismatch, ModelLoadError
+from transforms.runtime.errors import InputMismatch, ModelLoadError
 from transforms.io import BUNDLES, file_prefix, read_jsonl
 from transforms.metrics import percentile
 from transforms.records import METRICS_NAMESPACE

@@ -13,10 +13,11 @@ from typing import List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from pipeline.config import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, TRT_PRECISIONS,
-                             ConfigError,
-                             DecodeLimits, ModelSpec, OPEN_NSFW_SPEC, RunConfig)
+from pipeline.config import RunConfig
 from transforms.image_bounds import BOUNDED_FORMATS
+from transforms.runtime.tensorrt.sidecar import DEFAULT_PROFILE
+from transforms.spec import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, TRT_PRECISIONS,
+                             ConfigError, DecodeLimits, ModelSpec, OPEN_NSFW_SPEC)
 
 
 def _csv(value: str) -> List[str]:
@@ -95,7 +96,7 @@ class InferenceOptions(PipelineOptions):
                             "--model and publishes it for the others.")
         g.add_argument("--trt_precision", default="tf32", choices=TRT_PRECISIONS,
                        help="Precision of plans built through --engine_cache.")
-        g.add_argument("--trt_profile", default="1,16,32",
+        g.add_argument("--trt_profile", default=",".join(map(str, DEFAULT_PROFILE)),
                        help="MIN,OPT,MAX batch of plans built through --engine_cache.")
         g.add_argument("--trt_optimization_level", type=int, default=None,
                        help="Builder optimization level (0-5) for --engine_cache builds; "

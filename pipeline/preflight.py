@@ -17,9 +17,9 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   PipelineOptions, SetupOptions,
                                                   StandardOptions, WorkerOptions)
 
-from pipeline.config import ConfigError, RunConfig
-from transforms.handlers.common import read_bytes, resolve_uri
-from transforms.handlers.onnx import check_input
+from pipeline.config import RunConfig
+from transforms.spec import ConfigError
+from transforms.runtime.errors import InputMismatch, ModelLoadError
 
 # GPU types Dataflow accepts in worker_accelerator (Compute Engine accelerator names).
 KNOWN_GPU_TYPES = (
@@ -30,17 +30,16 @@ KNOWN_GPU_TYPES = (
 
 
 def check_model(cfg: RunConfig) -> None:
-    """The ONNX model loads and its input fits the spec (ONNX backend or engine builds)."""
-    import onnxruntime as ort
+    """The ONNX model loads on CPU and its input fits the spec (ONNX backend or engine
+    builds): the same loader the workers use, so the same checks and messages."""
+    from pipeline.build import onnx_loader
 
-    data = read_bytes(cfg.model)
     try:
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(
-            f"--model: {resolve_uri(cfg.model)} is not a loadable ONNX model: {exc}") from exc
-    check_input(resolve_uri(cfg.model), session.get_inputs(), cfg.spec.input_name,
-                cfg.spec.input_dtype, cfg.spec.input_shape(1)[1:])
+        onnx_loader(cfg, providers=("CPUExecutionProvider",))().close()
+    except InputMismatch:
+        raise
+    except ModelLoadError as exc:
+        raise ConfigError(f"--model: not a loadable ONNX model: {exc}") from exc
 
 
 def check_output_writable(output: str) -> None:

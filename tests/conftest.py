@@ -121,7 +121,7 @@ def gcs_client(gcs_emulator: str):
 
 def _gpu_reason() -> str:
     try:
-        from transforms.handlers.cuda import check, cudart
+        from transforms.runtime.cuda import check, cudart
 
         if check(cudart().cudaGetDeviceCount(), "cudaGetDeviceCount") < 1:
             return "no CUDA device"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.build_engine import (BuildError, BuildOptions, derive_profiles, main,
-                                   options_from_args, parse_shapes, parse_tactic_sources,
-                                   write_file)
+from pipeline.build_engine import main, options_from_args
+from transforms.runtime.storage import write_bytes as write_file
+from transforms.runtime.tensorrt.builder import (BuildError, BuildOptions, derive_profiles,
+                                                 parse_shapes, parse_tactic_sources)
 
 KNOWN = ["CUBLAS", "CUBLAS_LT", "CUDNN", "EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS"]
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.config import (ConfigError, DecodeLimits, ModelSpec, OPEN_NSFW_SPEC,
-                             RunConfig)
+from pipeline.config import RunConfig
+from transforms.spec import ConfigError, DecodeLimits, ModelSpec, OPEN_NSFW_SPEC
 
 
 def test_open_nsfw_spec_shape():
@@ -41,6 +41,22 @@ def test_spec_json_unknown_key(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({"name": "m", "height": 8, "width": 8, "heigth": 9}))
     with pytest.raises(ConfigError, match=r"spec.json: unknown model spec keys \['heigth'\]"):
+        ModelSpec.from_json(str(path))
+
+
+def test_spec_json_must_state_its_preprocessing(tmp_path):
+    """A 0-255 model with mean 127 / std 128 that leaves out scale must not run with 1/255."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"name": "m", "height": 8, "width": 8, "layout": "NCHW",
+                                "channel_order": "RGB", "mean": [127, 127, 127],
+                                "std": [128, 128, 128]}))
+    with pytest.raises(ConfigError, match=r"spec.json: model spec keys \['scale'\] are missing; "
+                                          r"expected every one of \['layout', 'channel_order', "
+                                          r"'scale', 'mean', 'std'\]"):
+        ModelSpec.from_json(str(path))
+    path.write_text(json.dumps({"name": "m", "height": 8, "width": 8}))
+    with pytest.raises(ConfigError, match=r"\['layout', 'channel_order', 'scale', 'mean', 'std'\] "
+                                          "are missing"):
         ModelSpec.from_json(str(path))
 
 

@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from transforms.handlers import cuda
+from transforms.runtime import cuda
 
 
 def test_missing_cuda_python_is_named():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DecodeLimits
+from transforms.spec import DecodeLimits
 from tests.conftest import SAMPLES
 from tests.images import encode, jpeg_bytes, png_header_only, truncated_jpeg
 from transforms.decode import (EmptyImage, ImageTooLarge, UndecodableImage, decode_image,

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from transforms.handlers.common import sha256_hex
-from transforms.handlers.engine import Sidecar, TensorSpec
-from transforms.handlers.engine_cache import EngineCache, EngineKey
-from transforms.handlers.tensorrt import TensorRTEngineHandler
+from transforms.runtime.storage import sha256_hex
+from transforms.runtime.tensorrt.sidecar import Sidecar, TensorSpec
+from transforms.runtime.tensorrt.cache import EngineCache, EngineKey
+from tests.test_trt_runner import TensorRTEngineHandler
 
 H100 = ("8.6.0", "NVIDIA H100 80GB HBM3", "9.0")
 L4 = ("8.6.0", "NVIDIA L4", "8.9")
@@ -158,3 +158,19 @@ def test_handler_with_cache_batches_by_requested_profile():
     assert h.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 64}
     with pytest.raises(ValueError, match="expected engine_uri, or engine_cache with onnx_uri"):
         TensorRTEngineHandler(engine_cache="gs://bucket/engines")
+
+
+def test_an_unreadable_cache_is_an_error_not_a_miss(tmp_path):
+    """A prefix that cannot be listed must not make every worker build (and then fail to
+    publish): it fails with the prefix and the cause."""
+    from transforms.runtime.tensorrt.cache import EngineCacheError, is_not_found
+
+    builder = StandInBuilder()
+    cache = EngineCache("nosuchscheme://bucket/engines", builder, lambda: H100)
+    with pytest.raises(EngineCacheError, match=r"engine cache: cannot list nosuchscheme://bucket/"
+                                               r"engines/.*expected a readable prefix"):
+        cache.lookup(cache.key("a" * 64, "fp16", 1, 16, 32))
+    assert builder.calls == 0
+    from google.api_core import exceptions as gexc
+    assert is_not_found(gexc.NotFound("no such object")) and is_not_found(FileNotFoundError())
+    assert not is_not_found(gexc.Forbidden("caller does not have storage.objects.list"))

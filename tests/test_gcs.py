@@ -50,7 +50,8 @@ def test_model_and_spec_from_gcs(gcs_client, tmp_path):
     make_linear_model(local, hw=(8, 8), classes=2)
     model = _upload(bucket, "models/tiny.onnx", local.read_bytes())
     spec = _upload(bucket, "models/tiny.json", json.dumps(
-        {"name": "tiny", "height": 8, "width": 8, "layout": "NHWC", "labels": ["x", "y"]}
+        {"name": "tiny", "height": 8, "width": 8, "layout": "NHWC", "labels": ["x", "y"],
+         "channel_order": "RGB", "scale": 1, "mean": [0, 0, 0], "std": [1, 1, 1]}
     ).encode())
     image = _upload(bucket, "single/coffee.jpg", (SAMPLES / "coffee.jpg").read_bytes())
     summary = run(["--input", image, "--model", model, "--model_spec", spec,

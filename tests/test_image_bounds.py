@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.config import ConfigError, DecodeLimits
+from transforms.spec import ConfigError, DecodeLimits
 from tests.conftest import ROOT
 from tests.hostile_images import HOSTILE, LEGIT, gif, ico, j2k_codestream, jp2, tiff
 from tests.images import encode, jpeg_bytes, png_header_only

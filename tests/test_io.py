@@ -8,7 +8,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.config import DecodeLimits
+from transforms.spec import DecodeLimits
 from tests.conftest import SAMPLES
 from transforms.io import WriteDeadLetters, manifest_uri, read_jsonl, ReadImages
 from transforms.records import DEAD_LETTER

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError
+from transforms.spec import ConfigError
 from pipeline.main import run
 from tests.conftest import SAMPLES, make_linear_model, sample_paths
 from tests.images import png_header_only, truncated_jpeg
-from transforms.handlers.common import InputMismatch
+from transforms.runtime.errors import InputMismatch
 from transforms.io import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,8 @@ def test_custom_model_and_spec(tmp_path):
     make_linear_model(model, hw=(16, 16), classes=3)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"name": "tiny", "height": 16, "width": 16, "layout": "NHWC",
+                                "channel_order": "RGB", "scale": 1 / 255,
+                                "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
                                 "input_name": "images", "labels": ["a", "b", "c"],
                                 "output_kind": "logits"}))
     out = tmp_path / "out"
@@ -121,7 +123,9 @@ def test_spec_that_does_not_fit_fails_before_running(tmp_path):
     model = tmp_path / "tiny.onnx"
     make_linear_model(model, hw=(16, 16))
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"name": "tiny", "height": 16, "width": 16, "layout": "NCHW"}))
+    spec.write_text(json.dumps({"name": "tiny", "height": 16, "width": 16, "layout": "NCHW",
+                                "channel_order": "RGB", "scale": 1, "mean": [0, 0, 0],
+                                "std": [1, 1, 1]}))
     with pytest.raises(InputMismatch, match=r"expected shape \[\?, 3, 16, 16\], the model declares \[\?, 16, 16, 3\]"):
         run(["--input", str(SAMPLES / "*.png"), "--output", str(tmp_path / "o"),
              "--model", str(model), "--model_spec", str(spec)])
@@ -184,3 +188,19 @@ def test_hostile_files_beside_samples_in_one_run(tmp_path):
     assert {e["error_type"] for e in errors} <= {"ImageTooLarge", "UnsupportedFormat"}
     peak = int(done.stderr.rsplit("peak_rss_mb=", 1)[1].split()[0])
     assert peak < 1536, peak
+
+
+def test_model_copies_2_scores_every_image_with_the_real_sha(tmp_path):
+    """--model_copies 2: Beam serves the runner from a MultiProcessShared process and the
+    handler reaches it through a proxy; every image is scored, none dead-lettered."""
+    from transforms.runtime.storage import bundled_model_path, sha256_hex
+
+    out = tmp_path / "out"
+    summary = run(["--input", str(SAMPLES / "*.jpg"), "--input", str(SAMPLES / "*.png"),
+                   "--output", str(out), "--model_copies", "2"])
+    assert summary.ok == len(sample_paths()) and summary.failed == 0
+    preds = _records(out, "predictions")
+    sha = sha256_hex(open(bundled_model_path("bundled://open_nsfw"), "rb").read())
+    assert sorted(p["uri"] for p in preds) == sorted(str(p) for p in sample_paths())
+    assert {p["model_sha256"] for p in preds} == {sha}
+    assert not _records(out, "errors")

@@ -49,5 +49,5 @@ def test_bundle_records_and_counters():
     q = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     counters = {c.key.metric.name: c.result for c in q["counters"]}
     assert counters["images_ok"] == 3
-    dists = {d.key.metric.name: d.result for d in q["distributions"]}
-    assert dists["batch_latency_ms"].count == 2 and dists["batch_latency_ms"].max == 10
+    # batch latency and size are Beam's own RunInference distributions, not duplicated here
+    assert not q["distributions"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import BUNDLED_OPEN_NSFW, OPEN_NSFW_SPEC
+from transforms.spec import BUNDLED_OPEN_NSFW, OPEN_NSFW_SPEC
 from pipeline.options import InferenceOptions, config_from_options, help_text, unknown_flags
 
 

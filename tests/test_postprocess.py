@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError
+from transforms.spec import ConfigError
 from transforms.postprocess import Prediction, scores_from, select_output, softmax, top_k
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import RunConfig
+from transforms.spec import ConfigError
 from pipeline.main import run
 from pipeline.preflight import (check_dataflow, check_image_beam_version,
                                 check_output_writable, parse_accelerator)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import OPEN_NSFW_SPEC, ModelSpec
+from transforms.spec import OPEN_NSFW_SPEC, ModelSpec
 from transforms.preprocess import (PreprocessError, center_crop_box, preprocess,
                                    resized_size, to_tensor)
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.config import DecodeLimits, ModelSpec
+from transforms.spec import DecodeLimits, ModelSpec
 from transforms.decode_errors import (DecodeError, EmptyImage, ImageTooLarge,
                                       UndecodableImage, UnsupportedFormat, UnsupportedMode)
 from transforms.image_bounds import check_bytes, check_opened

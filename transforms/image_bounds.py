@@ -15,7 +15,7 @@ Formats without a walker here are refused by ``decode`` unless listed in
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 from PIL import Image
 

@@ -16,7 +16,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import DecodeLimits
+from transforms.spec import DecodeLimits
 from transforms.decode import ImageTooLarge, check_size
 from transforms.records import DEAD_LETTER, METRICS_NAMESPACE, Item, PerImageStageFn
 

@@ -37,9 +37,10 @@ class BundleMetrics(beam.DoFn):
     """Prediction -> its output record; one bundle record per bundle on ``BUNDLES``."""
 
     def __init__(self) -> None:
+        # Batch latency and size are Beam's own RunInference distributions
+        # (inference_batch_latency_micro_secs, inference_request_batch_size); only the
+        # per-image outcome is counted here.
         self._ok = Metrics.counter(METRICS_NAMESPACE, "images_ok")
-        self._batch_ms = Metrics.distribution(METRICS_NAMESPACE, "batch_latency_ms")
-        self._batch_size = Metrics.distribution(METRICS_NAMESPACE, "batch_size")
         self._reset()
 
     def _reset(self) -> None:
@@ -56,8 +57,6 @@ class BundleMetrics(beam.DoFn):
         self._ok.inc()
         if p.batch_id not in self._batches:
             self._batches[p.batch_id] = (p.batch_size, p.inference_ms)
-            self._batch_ms.update(int(round(p.inference_ms)))
-            self._batch_size.update(p.batch_size)
         self._sums["decode_ms"] += p.decode_ms
         self._sums["preprocess_ms"] += p.preprocess_ms
         self._sums["postprocess_ms"] += p.postprocess_ms

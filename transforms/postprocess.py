@@ -14,9 +14,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from pipeline.config import ConfigError, ModelSpec
-from transforms.handlers.common import InferenceOutput
 from transforms.records import DEAD_LETTER, METRICS_NAMESPACE, ItemKey, dead_letter
+from transforms.spec import ConfigError, ModelSpec
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -72,7 +71,11 @@ class Prediction:
         }
 
 
-def select_output(outputs: Mapping[str, np.ndarray], name: Optional[str]) -> np.ndarray:
+def select_output(inference: Any, name: Optional[str]) -> np.ndarray:
+    """The spec's output: the array itself for a one-output model, else by name (or first)."""
+    if not isinstance(inference, Mapping):
+        return np.asarray(inference)
+    outputs = inference
     if name is None:
         return next(iter(outputs.values()))
     if name not in outputs:
@@ -93,9 +96,9 @@ class Postprocess(beam.DoFn):
     def process(self, element: Tuple[ItemKey, PredictionResult]) -> Iterator[Any]:
         key, result = element
         start = time.perf_counter()
-        out: InferenceOutput = result.inference
+        batch = key.batch
         try:
-            row = select_output(out.outputs, self._spec.output_name)
+            row = select_output(result.inference, self._spec.output_name)
             best = top_k(scores_from(row, self._spec.output_kind), self._k, self._spec.labels)
         except ConfigError:
             raise
@@ -105,9 +108,9 @@ class Postprocess(beam.DoFn):
             return
         yield Prediction(
             uri=key.uri, top_k=tuple(best), model_name=self._spec.name,
-            model_sha256=str(result.model_id or ""), backend=self._backend,
-            batch_id=out.batch_id, batch_size=out.batch_size,
+            model_sha256=batch.model_sha256 if batch else "", backend=self._backend,
+            batch_id=batch.batch_id if batch else "", batch_size=batch.size if batch else 0,
             decode_ms=key.timings.get("decode", 0.0),
             preprocess_ms=key.timings.get("preprocess", 0.0),
-            inference_ms=out.batch_ms,
+            inference_ms=batch.ms if batch else 0.0,
             postprocess_ms=(time.perf_counter() - start) * 1000.0)

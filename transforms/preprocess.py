@@ -12,7 +12,7 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 
-from pipeline.config import ModelSpec
+from transforms.spec import ModelSpec
 from transforms.records import Item, PerImageStageFn
 
 _RESAMPLE = {

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+
+from transforms.handlers.model_handler import BatchFacts
 
 DEAD_LETTER = "dead_letter"
 METRICS_NAMESPACE = "beam_trt_inference"
@@ -35,10 +37,15 @@ class Item:
 
 @dataclass(frozen=True)
 class ItemKey:
-    """The key that travels through KeyedModelHandler, so timings survive inference."""
+    """The key that travels through KeyedModelHandler, so timings survive inference and
+    the image's batch facts come back with its result."""
 
     uri: str
     timings: Mapping[str, float]
+    batch: Optional[BatchFacts] = None
+
+    def with_batch(self, facts: BatchFacts) -> "ItemKey":
+        return ItemKey(self.uri, self.timings, facts)
 
 
 def dead_letter(uri: str, stage: str, exc: BaseException) -> Dict[str, str]:

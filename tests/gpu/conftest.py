@@ -34,9 +34,10 @@ def report(engine_dir):
 
 def build_cached(trt, onnx_path: Path, plan: Path, engine_dir: Path, **kw):
     """Build unless a plan for the same ONNX, precision and profile already sits there."""
-    from pipeline.build_engine import BuildOptions, build_to_files
-    from transforms.handlers.common import sha256_hex
-    from transforms.handlers.engine import Sidecar
+    from pipeline.build_engine import build_to_files
+    from transforms.runtime.tensorrt.builder import BuildOptions
+    from transforms.runtime.storage import sha256_hex
+    from transforms.runtime.tensorrt.sidecar import Sidecar
 
     opts = BuildOptions(onnx=str(onnx_path), output=str(plan),
                         timing_cache=str(engine_dir / "timing.cache"),
@@ -63,7 +64,7 @@ def tiny_engine(trt, engine_dir):
 
 @pytest.fixture(scope="session")
 def nsfw_engines(trt, engine_dir):
-    from transforms.handlers.common import bundled_model_path
+    from transforms.runtime.storage import bundled_model_path
 
     onnx_path = Path(bundled_model_path("bundled://open_nsfw"))
     plans = {}

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
 
 def test_build_upload_reload_and_run(trt, gcs_client, tmp_path, report):
-    from transforms.handlers.tensorrt import TensorRTEngineHandler
+    from tests.test_trt_runner import TensorRTEngineHandler
 
     onnx_path = tmp_path / "tiny.onnx"
     w = make_linear_model(onnx_path, hw=(8, 8), classes=3, seed=7)
@@ -36,9 +36,9 @@ def test_build_upload_reload_and_run(trt, gcs_client, tmp_path, report):
         h = handler()
         engine = h.load_model()
         try:
-            got = np.stack([r.inference.outputs["logits"] for r in h.run_inference(batch, engine)])
+            got = np.stack([r.inference for r in h.run_inference(batch, engine)])
             np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-4)
-            assert engine.max_batch == 8
+            assert engine.info().max_batch == 8
         finally:
             engine.close()
         uris.append(sorted(b.name for b in bucket.list_blobs(prefix=root[len("gs://bucket/"):])))

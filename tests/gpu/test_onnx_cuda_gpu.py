@@ -21,7 +21,7 @@ def cuda_ep(gpu):
 
 
 def test_cuda_ep_matches_cpu(cuda_ep, tmp_path):
-    from transforms.handlers.onnx import OnnxModelHandler
+    from tests.test_onnx_runner import OnnxModelHandler
 
     path = tmp_path / "tiny.onnx"
     make_linear_model(path, hw=(8, 8), classes=4)
@@ -32,10 +32,10 @@ def test_cuda_ep_matches_cpu(cuda_ep, tmp_path):
                             ("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])):
         # use_tf32=0: the CUDA EP's default TF32 math differs from CPU fp32 by ~2e-3 relative
         h = OnnxModelHandler(str(path), providers=providers,
-                             provider_options={"CUDAExecutionProvider": {"use_tf32": "0"}})
+                             provider_options=(("CUDAExecutionProvider", (("use_tf32", "0"),)),))
         model = h.load_model()
-        assert model.providers[0] == providers[0]
-        outs[name] = np.stack([r.inference.outputs["logits"] for r in h.run_inference(batch, model)])
+        assert model.info().details["providers"].split(",")[0] == providers[0]
+        outs[name] = np.stack([r.inference for r in h.run_inference(batch, model)])
     np.testing.assert_allclose(outs["cuda"], outs["cpu"], rtol=1e-4, atol=1e-5)
 
 

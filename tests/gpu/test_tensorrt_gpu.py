@@ -29,31 +29,60 @@ def _tiny_inputs(n: int, seed: int) -> list:
 
 @pytest.mark.parametrize("n", [1, 7, 10, 32, 33])
 def test_tiny_engine_batches_ordered(tiny_engine, n, report):
-    from transforms.handlers.tensorrt import TensorRTEngineHandler
+    from tests.test_trt_runner import TensorRTEngineHandler
 
     plan, w = tiny_engine
     handler = TensorRTEngineHandler(str(plan), example_shape=(8, 8, 3), input_dtype="float32")
     engine = handler.load_model()
     try:
         batch = _tiny_inputs(n, seed=n)
-        results = list(handler.run_inference(batch, engine))
+        results, facts = handler.run_batch(batch, engine)
         ref = np.stack(batch).astype(np.float64).mean(axis=(1, 2)) @ w.astype(np.float64)
-        got = np.stack([r.inference.outputs["logits"] for r in results])
+        got = np.stack([r.inference for r in results])
         assert got.shape == (n, 5)
         err = rel_err(got, ref)
         report[f"tiny_fp32_rel_err_batch_{n}"] = err
         assert err <= 2e-3
-        assert all(r.inference.batch_size == n for r in results)
-        assert engine.max_batch == 32
+        assert facts.size == n and facts.model_sha256 == engine.info().sha256
+        assert engine.info().max_batch == 32
     finally:
         engine.close()
+
+
+def test_model_copies_proxy_of_a_real_engine(tiny_engine, report):
+    """What --model_copies hands the handler: a MultiProcessShared proxy of the TrtRunner."""
+    import uuid
+
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+    from transforms.handlers.model_handler import NumpyModelHandler
+    from transforms.runtime.tensorrt.runner import TrtLoader
+
+    plan, w = tiny_engine
+    loader = TrtLoader(str(plan), example_shape=(8, 8, 3), input_dtype="float32")
+    shared = MultiProcessShared(loader, tag=f"trt-{uuid.uuid4().hex}", always_proxy=True)
+    proxy = shared.acquire()
+    try:
+        handler = NumpyModelHandler(loader, model_copies=2)
+        assert handler.share_model_across_processes() and handler.model_copies() == 2
+        batch = _tiny_inputs(33, seed=5)
+        results, facts = handler.run_batch(batch, proxy)
+        _, facts2 = handler.run_batch(batch[:3], proxy)
+        ref = np.stack(batch).astype(np.float64).mean(axis=(1, 2)) @ w.astype(np.float64)
+        err = rel_err(np.stack([r.inference for r in results]), ref)
+        report["model_copies_proxy_rel_err_batch_33"] = err
+        assert err <= 2e-3
+        assert facts.model_sha256 == proxy.info().sha256 and len(facts.model_sha256) == 64
+        assert int(facts2.batch_id.rsplit("-", 1)[1]) == int(facts.batch_id.rsplit("-", 1)[1]) + 1
+    finally:
+        shared.release(proxy)
 
 
 def test_multi_input_multi_output(trt, engine_dir):
     import onnx
     from onnx import TensorProto, helper
 
-    from transforms.handlers.tensorrt import TensorRTEngineHandler
+    from tests.test_trt_runner import TensorRTEngineHandler
 
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4])
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 2])
@@ -77,8 +106,8 @@ def test_multi_input_multi_output(trt, engine_dir):
                   "b": rng.standard_normal(2).astype(np.float32)} for _ in range(11)]
         results = list(handler.run_inference(batch, engine))
         for ex, r in zip(batch, results):
-            np.testing.assert_allclose(r.inference.outputs["sum"], ex["a"] * 2, rtol=1e-6)
-            np.testing.assert_allclose(r.inference.outputs["double"], ex["b"] ** 2, rtol=1e-6)
+            np.testing.assert_allclose(r.inference["sum"], ex["a"] * 2, rtol=1e-6)
+            np.testing.assert_allclose(r.inference["double"], ex["b"] ** 2, rtol=1e-6)
     finally:
         engine.close()
 
@@ -87,8 +116,8 @@ def test_multi_input_multi_output(trt, engine_dir):
 def test_effnet_fp32_close_to_float64(effnet, engine_dir, trt, report, precision, tf32):
     """Strict fp32 must be within 2e-3 of float64; TF32 (TensorRT's default, 10-bit
     mantissa products) is reported, and bounded loosely."""
-    from transforms.handlers.common import read_bytes
-    from transforms.handlers.engine import TrtEngine
+    from transforms.runtime.storage import read_bytes
+    from transforms.runtime.tensorrt.engine import TrtEngine
 
     onnx_path, ref_path = effnet
     plan = engine_dir / f"effnetv2s.{precision}.plan"
@@ -104,8 +133,8 @@ def test_effnet_fp32_close_to_float64(effnet, engine_dir, trt, report, precision
 
 
 def test_effnet_fp16_reports_error(effnet, engine_dir, trt, report):
-    from transforms.handlers.common import read_bytes
-    from transforms.handlers.engine import TrtEngine
+    from transforms.runtime.storage import read_bytes
+    from transforms.runtime.tensorrt.engine import TrtEngine
 
     onnx_path, ref_path = effnet
     plan = engine_dir / "effnetv2s.fp16.plan"
@@ -125,9 +154,9 @@ def test_effnet_fp16_reports_error(effnet, engine_dir, trt, report):
 
 
 def _nsfw_scores(plan: Path) -> dict:
-    from pipeline.config import OPEN_NSFW_SPEC
+    from transforms.spec import OPEN_NSFW_SPEC
     from transforms.decode import decode_image
-    from transforms.handlers.tensorrt import TensorRTEngineHandler
+    from tests.test_trt_runner import TensorRTEngineHandler
     from transforms.preprocess import preprocess
 
     handler = TensorRTEngineHandler(str(plan), example_shape=(224, 224, 3))
@@ -137,7 +166,7 @@ def _nsfw_scores(plan: Path) -> dict:
         batch = [preprocess(decode_image(p.read_bytes(), alpha_background=None), OPEN_NSFW_SPEC)
                  for p in paths]
         results = handler.run_inference(batch, engine)
-        return {p.name: float(next(iter(r.inference.outputs.values()))[1])
+        return {p.name: float(np.asarray(r.inference)[1])
                 for p, r in zip(paths, results)}
     finally:
         engine.close()
@@ -152,9 +181,9 @@ def test_open_nsfw_fp16_within_002_of_fp32(nsfw_engines, report):
 
 
 def test_corrupt_plan_is_refused(tiny_engine, tmp_path):
-    from transforms.handlers.common import sha256_hex
-    from transforms.handlers.engine import EngineLoadError, EngineMismatch, Sidecar
-    from transforms.handlers.tensorrt import TensorRTEngineHandler
+    from transforms.runtime.storage import sha256_hex
+    from transforms.runtime.tensorrt.sidecar import EngineLoadError, EngineMismatch, Sidecar
+    from tests.test_trt_runner import TensorRTEngineHandler
 
     plan, _ = tiny_engine
     bad = tmp_path / "bad.plan"
@@ -179,8 +208,8 @@ def test_corrupt_plan_is_refused(tiny_engine, tmp_path):
     ("gpu_name", "Tesla T4", r"GPU 'Tesla T4' \(this GPU is '"),
 ])
 def test_sidecar_for_another_target_is_refused(tiny_engine, tmp_path, field, value, match):
-    from transforms.handlers.engine import EngineMismatch
-    from transforms.handlers.tensorrt import TensorRTEngineHandler
+    from transforms.runtime.tensorrt.sidecar import EngineMismatch
+    from tests.test_trt_runner import TensorRTEngineHandler
 
     plan, _ = tiny_engine
     copy = tmp_path / "copy.plan"
@@ -193,9 +222,9 @@ def test_sidecar_for_another_target_is_refused(tiny_engine, tmp_path, field, val
 
 
 def test_200_load_close_cycles_do_not_grow_gpu_memory(tiny_engine, report):
-    from transforms.handlers.common import read_bytes
-    from transforms.handlers.cuda import memory_used
-    from transforms.handlers.engine import TrtEngine
+    from transforms.runtime.storage import read_bytes
+    from transforms.runtime.cuda import memory_used
+    from transforms.runtime.tensorrt.engine import TrtEngine
 
     plan, _ = tiny_engine
     data = read_bytes(str(plan))
@@ -234,13 +263,19 @@ def test_pipeline_tensorrt_top1_matches_onnx(nsfw_engines, tmp_path, report):
     report["pipeline_trt_vs_onnx_max_top1_score_diff"] = max(
         abs(v["trt"][1] - v["onnx"][1]) for v in top1.values())
     report["pipeline_tensorrt_summary"] = s_trt.line()
+    s_copies = run(common + ["--output", str(tmp_path / "copies"), "--backend", "tensorrt",
+                             "--engine", str(nsfw_engines["fp32"]), "--model_copies", "2"])
+    assert s_copies.ok == 10 and s_copies.failed == 0
+    shas = {p["model_sha256"] for p in read_jsonl(str(tmp_path / "copies" / "predictions-*.jsonl"))}
+    assert len(shas) == 1 and len(shas.pop()) == 64
+    report["pipeline_tensorrt_model_copies_2_summary"] = s_copies.line()
 
 
 def test_parse_error_names_the_node(trt, tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from pipeline.build_engine import BuildError, BuildOptions, build
+    from transforms.runtime.tensorrt.builder import BuildError, BuildOptions, build
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
@@ -257,8 +292,8 @@ def test_parse_error_names_the_node(trt, tmp_path):
 
 
 def test_spec_mismatch_fails_before_deserializing(tiny_engine):
-    from transforms.handlers.common import InputMismatch
-    from transforms.handlers.tensorrt import TensorRTEngineHandler
+    from transforms.runtime.errors import InputMismatch
+    from tests.test_trt_runner import TensorRTEngineHandler
 
     plan, _ = tiny_engine
     with pytest.raises(InputMismatch, match=r"expected shape \[\?, 3, 8, 8\], the engine declares \[\?, 8, 8, 3\]"):

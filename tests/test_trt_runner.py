@@ -1,15 +1,23 @@
-"""TensorRTEngineHandler parts that need no GPU: spec checks, batching from the profile,
-byte counts, and a clear error where TensorRT is absent."""
+"""The TensorRT loader under the generic handler, without a GPU: spec checks, batching
+from the profile, byte counts, and a clear error where TensorRT is absent."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tests.test_engine import sidecar
-from transforms.handlers.common import InputMismatch
-from transforms.handlers.engine import EngineLoadError
-from transforms.handlers.tensorrt import TensorRTEngineHandler, check_spec
+from tests.test_sidecar import sidecar
+from transforms.handlers.model_handler import NumpyModelHandler
+from transforms.runtime.errors import InputMismatch
+from transforms.runtime.tensorrt.runner import TrtLoader, check_spec
+from transforms.runtime.tensorrt.sidecar import EngineLoadError
+
+
+def TensorRTEngineHandler(engine_uri=None, *, min_batch_size=None, max_batch_size=None,
+                          model_copies=None, **loader):
+    """The generic handler over a TrtLoader (what pipeline.build.make_handler builds)."""
+    return NumpyModelHandler(TrtLoader(engine_uri, **loader), min_batch_size=min_batch_size,
+                             max_batch_size=max_batch_size, model_copies=model_copies)
 
 
 def _write(tmp_path, **kw):

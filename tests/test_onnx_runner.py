@@ -1,4 +1,5 @@
-"""OnnxModelHandler on real ONNX models built with onnx.helper (CPU execution provider)."""
+"""The ONNX Runtime loader and runner under the generic handler, on real ONNX models built
+with onnx.helper (CPU execution provider)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import make_linear_model
-from transforms.handlers.common import InputMismatch, ModelLoadError
-from transforms.handlers.onnx import OnnxModelHandler
+from transforms.handlers.model_handler import NumpyModelHandler
+from transforms.runtime.errors import InputMismatch, ModelLoadError
+from transforms.runtime.onnx import OnnxLoader
+
+
+def OnnxModelHandler(uri, *, min_batch_size=None, max_batch_size=None, model_copies=None,
+                     **loader):
+    """The generic handler over an OnnxLoader (what pipeline.build.make_handler builds)."""
+    return NumpyModelHandler(OnnxLoader(uri, **loader), min_batch_size=min_batch_size,
+                             max_batch_size=max_batch_size, model_copies=model_copies)
 
 
 def _expected(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -29,19 +38,20 @@ def test_outputs_ordered_exact_and_owned(tiny_model):
     handler = OnnxModelHandler(str(path), example_shape=(8, 8, 3), input_dtype="float32")
     model = handler.load_model()
     batch = _batch(5)
-    results = list(handler.run_inference(batch, model))
+    results, facts = handler.run_batch(batch, model)
     assert len(results) == 5
     expected = _expected(np.stack(batch), w)
     for i, r in enumerate(results):
-        out = r.inference.outputs["logits"]
-        assert out.shape == (3,)
+        out = r.inference                 # one output: the array itself
+        assert isinstance(out, np.ndarray) and out.shape == (3,)
         np.testing.assert_allclose(out, expected[i], rtol=1e-5, atol=1e-5)
         assert out.flags["OWNDATA"]
-        assert r.inference.batch_size == 5 and r.inference.batch_ms > 0
-        assert r.model_id == model.sha256 and len(model.sha256) == 64
-    assert len({r.inference.batch_id for r in results}) == 1
-    results[0].inference.outputs["logits"][:] = 0  # a caller's write touches nothing else
-    np.testing.assert_allclose(results[1].inference.outputs["logits"], expected[1], rtol=1e-5)
+        assert r.model_id == str(path)   # the model's URI, as Beam's handlers report it
+    info = model.info()
+    assert facts.size == 5 and facts.ms > 0 and facts.model_sha256 == info.sha256
+    assert len(info.sha256) == 64 and facts.batch_id
+    results[0].inference[:] = 0  # a caller's write touches nothing else
+    np.testing.assert_allclose(results[1].inference, expected[1], rtol=1e-5)
 
 
 def test_fixed_batch_model_is_chunked_and_padded(tmp_path):
@@ -49,10 +59,10 @@ def test_fixed_batch_model_is_chunked_and_padded(tmp_path):
     w = make_linear_model(path, batch=4)
     handler = OnnxModelHandler(str(path))
     model = handler.load_model()
-    assert model.fixed_batch == 4
+    assert (model.info().min_batch, model.info().max_batch) == (4, 4)
     batch = _batch(6, seed=3)
     results = list(handler.run_inference(batch, model))
-    got = np.stack([r.inference.outputs["logits"] for r in results])
+    got = np.stack([r.inference for r in results])
     np.testing.assert_allclose(got, _expected(np.stack(batch), w), rtol=1e-5, atol=1e-5)
 
 
@@ -118,6 +128,8 @@ def test_handler_surface(tiny_model):
     handler = OnnxModelHandler(str(tiny_model[0]), min_batch_size=2, max_batch_size=16,
                                model_copies=1)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 16}
+    assert OnnxModelHandler("x").batch_elements_kwargs() == {"min_batch_size": 1,
+                                                             "max_batch_size": 32}
     assert handler.share_model_across_processes() and handler.model_copies() == 1
     assert not OnnxModelHandler("x").share_model_across_processes()
     batch = _batch(3)
@@ -134,7 +146,7 @@ def test_in_run_inference_keyed(tiny_model):
     p = TestPipeline()
     got = (p | beam.Create([(f"k{i}", x) for i, x in enumerate(batch)])
            | RunInference(handler)
-           | beam.MapTuple(lambda k, r: (k, int(np.argmax(r.inference.outputs["logits"])))))
+           | beam.MapTuple(lambda k, r: (k, int(np.argmax(r.inference)))))
     assert_that(got, equal_to(want))
     result = p.run()
     result.wait_until_finish()

@@ -14,8 +14,10 @@ from typing import Any, Tuple
 
 import numpy as np
 
+from transforms.runtime.errors import SystemicError
 
-class CudaError(RuntimeError):
+
+class CudaError(SystemicError):
     """A CUDA runtime call failed; the message names the call and CUDA's own error."""
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.handlers.engine import (EngineLoadError, EngineMismatch, Sidecar, TensorSpec,
-                                        batch_inputs)
+from transforms.runtime.batching import batch_inputs
+from transforms.runtime.tensorrt.sidecar import EngineLoadError, EngineMismatch, Sidecar, TensorSpec
 
 
 def sidecar(**kw) -> Sidecar:

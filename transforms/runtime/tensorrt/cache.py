@@ -12,6 +12,10 @@ uses. The sidecar is the commit marker: a reader accepts a plan only when its si
 exists, matches the key field by field, and the plan's sha256 equals the sidecar's.
 Concurrent builders therefore never overwrite each other (at worst two build the same
 plan), and a stale, partial or mismatched plan is never used.
+
+A cache that cannot be listed or read (no permission, a wrong bucket) is not a miss:
+treating it as one would make every worker spend minutes building and then fail to
+publish. It raises EngineCacheError, a systemic error that fails the bundle.
 """
 
 from __future__ import annotations
@@ -22,14 +26,36 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
-from apache_beam.io.filesystems import FileSystems
-
-from transforms.handlers.common import read_bytes, sha256_hex
-from transforms.handlers.engine import EngineMismatch, Sidecar
+from transforms.runtime.errors import SystemicError
+from transforms.runtime.storage import read_bytes, sha256_hex
+from transforms.runtime.tensorrt.sidecar import EngineLoadError, EngineMismatch, Sidecar
 
 LOG = logging.getLogger(__name__)
 
 Identity = Tuple[str, str, str]  # (TensorRT version, GPU name, compute capability)
+
+
+class EngineCacheError(SystemicError):
+    """The cache prefix cannot be listed, read or written; not a miss."""
+
+
+def _filesystems():
+    from apache_beam.io.filesystems import FileSystems  # gs:// and local, lazily
+
+    return FileSystems
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the object does not exist."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, FileNotFoundError) or type(exc).__name__ == "NotFound":
+            return True
+        text = str(exc)
+        if "404" in text or "No such file" in text or "Not Found" in text:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @dataclass(frozen=True)
@@ -102,9 +128,12 @@ class EngineCache:
         """The first published plan that serves ``key``; mismatches are skipped, loudly."""
         pattern = f"{self.directory(key)}/*.plan.json"
         try:
-            found = FileSystems.match([pattern])[0].metadata_list
-        except Exception:  # noqa: BLE001 - nothing there yet
-            return None
+            found = _filesystems().match([pattern])[0].metadata_list
+        except Exception as exc:  # noqa: BLE001 - filesystems raise several types
+            if is_not_found(exc):
+                return None
+            raise EngineCacheError(f"engine cache: cannot list {pattern} ({type(exc).__name__}: "
+                                   f"{exc}); expected a readable prefix") from exc
         for meta in sorted(found, key=lambda m: m.path):
             side_uri = meta.path
             plan_uri = side_uri[: -len(".json")]
@@ -116,9 +145,15 @@ class EngineCache:
                     raise EngineMismatch(f"{side_uri}: {why}")
                 plan = read_bytes(plan_uri, "TensorRT plan")
                 sidecar.check_plan(sha256_hex(plan), source=plan_uri)
-            except Exception as exc:  # noqa: BLE001 - never use a doubtful plan
+            except (EngineMismatch, EngineLoadError) as exc:  # never use a doubtful plan
                 LOG.warning("engine cache: skipping %s: %s", plan_uri, exc)
                 continue
+            except Exception as exc:  # noqa: BLE001 - I/O: a deleted plan is skipped, the rest fail
+                if is_not_found(exc):
+                    LOG.warning("engine cache: skipping %s: %s", plan_uri, exc)
+                    continue
+                raise EngineCacheError(f"engine cache: cannot read {side_uri} or its plan "
+                                       f"({exc}); expected a readable prefix") from exc
             return CachedEngine(plan, sidecar, plan_uri, built_here=False)
         return None
 
@@ -130,8 +165,12 @@ class EngineCache:
         sidecar.check_plan(sha256_hex(plan), source="fresh build")
         plan_uri = f"{self.directory(key)}/{uuid.uuid4().hex}.plan"
         for uri, data in ((plan_uri, plan), (plan_uri + ".json", sidecar.to_json().encode())):
-            with FileSystems.create(uri) as f:
-                f.write(data)
+            try:
+                with _filesystems().create(uri) as f:
+                    f.write(data)
+            except Exception as exc:  # noqa: BLE001 - filesystems raise several types
+                raise EngineCacheError(f"engine cache: cannot write {uri} ({exc}); expected "
+                                       "a writable prefix") from exc
         return plan_uri
 
     def get_or_build(self, onnx_uri: str, precision: str, min_batch: int, opt_batch: int,
@@ -150,10 +189,10 @@ class EngineCache:
 
 def tensorrt_build(timing_cache: Optional[str] = None,
                    optimization_level: Optional[int] = None) -> BuildFn:
-    """The real builder (pipeline.build_engine) as a BuildFn."""
+    """The real builder (transforms.runtime.tensorrt.builder) as a BuildFn."""
 
     def build(onnx_uri: str, key: EngineKey) -> Tuple[bytes, Sidecar]:
-        from pipeline.build_engine import BuildOptions, build as trt_build
+        from transforms.runtime.tensorrt.builder import BuildOptions, build as trt_build
 
         opts = BuildOptions(onnx=onnx_uri, output="<engine cache>", min_batch=key.min_batch,
                             opt_batch=key.opt_batch, max_batch=key.max_batch,

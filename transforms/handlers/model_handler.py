@@ -1,0 +1,133 @@
+"""One numpy ModelHandler over any runner (ONNX Runtime or TensorRT).
+
+Why one: batch splitting, the leftover-chunk rule, result order and ownership, error
+classification and ``model_copies`` must not differ between backends. The handler
+holds only its loader and batch bounds; everything per model (session or engine,
+sha256, batch counter, lock) lives on the runner ``load_model`` returns, which Beam
+shares between the DoFn threads of a process, or serves from one process per worker
+through a MultiProcessShared proxy when ``model_copies`` is set. The handler touches
+the runner only through methods, so the proxy works.
+
+Usable in any Beam pipeline, like Beam's own handlers::
+
+    handler = NumpyModelHandler(OnnxLoader("gs://bucket/model.onnx"))
+    images | RunInference(handler)   # PredictionResult(example, inference, model_uri)
+
+``inference`` is the model's output row for that example: an array, or a dict of
+arrays for a model with several outputs. Beam's own RunInference metrics
+(``inference_batch_latency_micro_secs``, ``inference_request_batch_size``) count the
+batches; ``run_batch`` also returns the batch's facts for callers that key by them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.managers
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms.runtime.batching import batch_inputs, run_in_chunks, split_rows, stack_batch
+from transforms.runtime.errors import SharedModelError
+from transforms.runtime.runner import Runner, RunnerInfo
+
+# What a MultiProcessShared proxy raises when its server process is gone or broken,
+# or when it lacks a method: a fault of the worker, never of one image.
+_PROXY_ERRORS = (EOFError, ConnectionError, multiprocessing.managers.RemoteError,
+                 AttributeError)
+
+
+@dataclass(frozen=True)
+class BatchFacts:
+    """One RunInference batch: its id (from the model's counter), size, wall time and
+    the sha256 of the model that ran it."""
+
+    batch_id: str
+    size: int
+    ms: float
+    model_sha256: str
+
+
+class Loader:
+    """What the handler needs of a loader (OnnxLoader, TrtLoader): a picklable callable
+    that returns a Runner, its backend name, and batch bounds known without loading."""
+
+    backend: str
+
+    def __call__(self) -> Runner: ...
+
+    def batch_bounds(self) -> Tuple[int, int]: ...
+
+
+def _stack(batch: Sequence[Any], info: RunnerInfo) -> Dict[str, np.ndarray]:
+    columns = batch_inputs(batch, [t.name for t in info.inputs])
+    return {t.name: stack_batch(columns[t.name], np.dtype(t.dtype), t.example_shape, t.name)
+            for t in info.inputs}
+
+
+class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
+    """RunInference over a runner: examples are arrays, or {input name: array}."""
+
+    def __init__(self, loader: Callable[[], Runner], *, min_batch_size: Optional[int] = None,
+                 max_batch_size: Optional[int] = None, model_copies: Optional[int] = None,
+                 large_model: bool = False) -> None:
+        super().__init__(large_model=large_model, model_copies=model_copies)
+        self._loader = loader
+        self._min_batch = min_batch_size
+        self._max_batch = max_batch_size
+
+    def load_model(self) -> Runner:
+        return self._loader()
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        """The loader's bounds (TensorRT: the profile's opt and max), unless overridden."""
+        lo, hi = self._loader.batch_bounds()
+        lo = lo if self._min_batch is None else self._min_batch
+        hi = hi if self._max_batch is None else self._max_batch
+        return {"min_batch_size": min(lo, hi), "max_batch_size": hi}
+
+    def validate_inference_args(self, inference_args: Optional[Dict[str, Any]]) -> None:
+        if inference_args:
+            raise ValueError(f"inference_args: this handler takes none (the runner's options "
+                             f"are set on its loader), got {sorted(inference_args)}")
+
+    def run_batch(self, batch: Sequence[Any], model: Runner,
+                  inference_args: Optional[Dict[str, Any]] = None
+                  ) -> Tuple[List[PredictionResult], BatchFacts]:
+        """Results in input order, each row a copy the caller owns, plus the batch's facts."""
+        self.validate_inference_args(inference_args)
+        if not batch:
+            return [], BatchFacts("", 0, 0.0, "")
+        start = time.perf_counter()
+        n = len(batch)
+        try:
+            info = model.info()
+            merged = run_in_chunks(_stack(batch, info), info.min_batch, info.max_batch or n,
+                                   model.infer)
+            batch_id = model.next_batch_id()
+        except _PROXY_ERRORS as exc:
+            raise SharedModelError(f"the model ({type(model).__name__}) failed outside the "
+                                   f"batch: {type(exc).__name__}: {exc}") from exc
+        ms = (time.perf_counter() - start) * 1000.0
+        names = info.outputs
+        results = [PredictionResult(ex, row[names[0]] if len(names) == 1 else row,
+                                    info.model_uri)
+                   for ex, row in zip(batch, split_rows(merged, n))]
+        return results, BatchFacts(batch_id, n, ms, info.sha256)
+
+    def run_inference(self, batch: Sequence[Any], model: Runner,
+                      inference_args: Optional[Dict[str, Any]] = None
+                      ) -> Iterable[PredictionResult]:
+        return self.run_batch(batch, model, inference_args)[0]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        total = 0
+        for ex in batch:
+            arrays = ex.values() if isinstance(ex, Mapping) else [ex]
+            total += sum(np.asarray(a).nbytes for a in arrays)
+        return int(total)
+
+    def get_metrics_namespace(self) -> str:
+        return f"beam_trt_inference_{self._loader.backend}"

@@ -1,0 +1,25 @@
+"""Errors a runner raises, split by what the pipeline must do with them.
+
+Why the split: a per-image fault (a bad file, an odd shape) becomes one dead letter,
+but a fault of the worker or the model (CUDA, a dead shared-model process, an engine
+that cannot run) would turn every image into a dead letter while the job stays
+green. ``SystemicError`` and its subclasses fail the bundle instead, with the cause.
+"""
+
+from __future__ import annotations
+
+
+class SystemicError(RuntimeError):
+    """Not one image's fault: the model, the device or the worker. Fails the bundle."""
+
+
+class ModelLoadError(SystemicError):
+    """The model (or engine) could not be loaded; the message says which file and why."""
+
+
+class SharedModelError(SystemicError):
+    """The process that holds a shared model copy (``model_copies``) failed or went away."""
+
+
+class InputMismatch(ValueError):
+    """A batch or model spec does not match what the model declares."""

@@ -1,0 +1,138 @@
+"""ONNX Runtime: a loader (frozen, picklable) and the runner it builds.
+
+Why our own and not Beam's OnnxModelHandlerNumpy: that one checks nothing about the
+input and silently runs on CPU when the CUDA EP fails to load. This loader checks the
+model against the spec when it loads, refuses a provider fallback, and the runner
+owns everything per model so a MultiProcessShared proxy of it works.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from transforms.runtime.batching import DeclaredInput, check_declared_input
+from transforms.runtime.errors import InputMismatch, ModelLoadError, SystemicError
+from transforms.runtime.runner import Feeds, Runner, RunnerInfo, TensorInfo
+from transforms.runtime.storage import read_bytes, resolve_uri, sha256_hex
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 32      # BatchElements' ceiling for a dynamic-batch model
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+
+
+def _dim(d: Any) -> Optional[int]:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def declared_inputs(inputs: Sequence[Any]) -> List[DeclaredInput]:
+    """ONNX Runtime NodeArgs as DeclaredInputs."""
+    return [DeclaredInput(i.name, np.dtype(_ORT_DTYPES[i.type]) if i.type in _ORT_DTYPES
+                          else None, i.type, tuple(_dim(d) for d in i.shape)) for i in inputs]
+
+
+@dataclass(frozen=True)
+class OnnxLoader:
+    """Everything needed to load one ONNX model on one set of execution providers.
+
+    ``input_name``, ``input_dtype`` and ``example_shape`` are what the model spec says;
+    loading fails if the model declares otherwise.
+    """
+
+    model_uri: str
+    providers: Tuple[str, ...] = ("CPUExecutionProvider",)
+    provider_options: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = ()
+    input_name: Optional[str] = None
+    input_dtype: Optional[str] = None
+    example_shape: Optional[Tuple[int, ...]] = None
+    intra_op_num_threads: Optional[int] = None
+
+    backend = "onnx"
+
+    def batch_bounds(self) -> Tuple[int, int]:
+        """(min, max) batch for BatchElements, known without loading the model."""
+        return 1, DEFAULT_MAX_BATCH
+
+    def _session_providers(self, ort: Any) -> List[Any]:
+        available = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            hint = (" (install beam-trt-inference[gpu] for onnxruntime-gpu)"
+                    if any(p != "CPUExecutionProvider" for p in missing) else "")
+            raise ModelLoadError(
+                f"onnx_providers: expected {missing} to be available, this onnxruntime "
+                f"{ort.__version__} has {available}{hint}")
+        options = {name: dict(opts) for name, opts in self.provider_options}
+        return [(p, options.get(p, {})) for p in self.providers]
+
+    def __call__(self) -> "OnnxRunner":
+        import onnxruntime as ort
+
+        path = resolve_uri(self.model_uri)
+        data = read_bytes(self.model_uri)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.intra_op_num_threads:
+            opts.intra_op_num_threads = self.intra_op_num_threads
+        providers = self._session_providers(ort)
+        try:
+            session = ort.InferenceSession(data, sess_options=opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            raise ModelLoadError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
+        got = session.get_providers()
+        if got[0] != self.providers[0]:
+            raise ModelLoadError(
+                f"{path}: expected to run on {self.providers[0]}, onnxruntime fell back to "
+                f"{got} (check the CUDA/TensorRT libraries on this machine)")
+        node = check_declared_input(path, "model", declared_inputs(session.get_inputs()),
+                                    self.input_name, self.input_dtype, self.example_shape)
+        LOG.info("loaded %s on %s", path, got)
+        return OnnxRunner(session, self.model_uri, sha256_hex(data), node.name, got)
+
+
+class OnnxRunner(Runner):
+    """One InferenceSession (thread-safe in ONNX Runtime, so no lock) and its facts."""
+
+    def __init__(self, session: Any, model_uri: str, sha256: str, input_name: str,
+                 providers: Sequence[str]) -> None:
+        super().__init__()
+        self._session = session
+        self._outputs = tuple(o.name for o in session.get_outputs())
+        decl = {d.name: d for d in declared_inputs(session.get_inputs())}[input_name]
+        self._input = TensorInfo(input_name, np.dtype(decl.dtype or np.float32).name,
+                                 decl.shape[1:])
+        fixed = decl.shape[0]
+        device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda:0"
+        self._info = RunnerInfo(
+            backend="onnx", model_uri=model_uri, sha256=sha256, device=device,
+            inputs=(self._input,), outputs=self._outputs,
+            min_batch=fixed or 1, opt_batch=fixed or 1, max_batch=fixed,
+            details={"providers": ",".join(providers)})
+
+    def info(self) -> RunnerInfo:
+        return self._info
+
+    def infer(self, feeds: Feeds) -> Feeds:
+        if sorted(feeds) != [self._input.name]:
+            raise InputMismatch(f"{self._info.model_uri}: expected inputs "
+                                f"['{self._input.name}'], got {sorted(feeds)}")
+        if self._session is None:
+            raise SystemicError(f"{self._info.model_uri}: the runner is closed")
+        result = self._session.run(list(self._outputs), dict(feeds))
+        return dict(zip(self._outputs, result))
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,1 @@
+"""TensorRT: sidecar (no TensorRT needed), engine, builder, engine cache, loader and runner."""
