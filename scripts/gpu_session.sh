@@ -2,7 +2,8 @@
 # Steps of one GPU-machine session (see README "GPU tests and benchmarks"). Each step fits
 # one device run (< 10 min); engines and the exported model persist in /tmp between steps
 # while the machine is held. Logs and JSON go to $OUT (the device tool brings them back).
-#   trt steps (after ../shared/gpu/pack-trt is unpacked): export build-fp32 build-fp16 test bench pipeline
+#   trt steps (after ../shared/gpu/pack-trt is unpacked): wheels export build-fp32 build-fp16 test bench pipeline
+#   (wheels: install .whl/ from scripts/gpu_wheels.sh, carried with the run as ".whl")
 #   ort step  (after ../shared/gpu/pack is unpacked):     ort
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -17,6 +18,8 @@ trt_env() { export PATH=/opt/gpu-trt/venv/bin:$PATH VIRTUAL_ENV=/opt/gpu-trt/ven
 for step in "$@"; do
   echo "=== step $step $(date -u +%T)"
   case $step in
+    wheels)
+      trt_env; pip install -q --no-deps --no-index --ignore-requires-python .whl/*.whl ;;
     export)
       nvidia-smi -L
       "$SYS_PY" scripts/export_efficientnet.py --output "$EFF" 2>&1 | tail -3 | tee "$OUT/export.log" ;;
@@ -30,7 +33,7 @@ for step in "$@"; do
       trt_env
       [ -f "$EFF" ] && export EFFNET_ONNX=$EFF
       REPORT_DIR=$OUT TRT_ENGINE_DIR=$ENG python -m pytest -m "gpu or tensorrt" \
-        -ra -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-trt.log" | tail -40 ;;
+        -ra -q -p no:cacheprovider tests/gpu tests/test_cuda.py 2>&1 | tee "$OUT/pytest-trt.log" | tail -40 ;;
     bench)
       trt_env
       for p in tf32 fp16; do

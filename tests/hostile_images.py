@@ -8,7 +8,6 @@ guard refuses only the hostile one.
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from typing import Callable, Dict

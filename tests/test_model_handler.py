@@ -21,7 +21,6 @@ from apache_beam.testing.util import assert_that
 from apache_beam.utils.multi_process_shared import MultiProcessShared
 
 from pipeline.build import BatchFailures, exception_facts
-from tests.conftest import make_linear_model
 from transforms.handlers.keyed import KeyedBatchHandler
 from transforms.handlers.model_handler import NumpyModelHandler
 from transforms.records import ItemKey

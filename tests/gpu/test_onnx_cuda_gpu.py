@@ -13,7 +13,8 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def cuda_ep(gpu):
-    import onnxruntime as ort
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime-gpu is not installed here "
+                                                   "(the TensorRT harness); run under pack")
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider "
