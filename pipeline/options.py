@@ -7,6 +7,7 @@ same command line, and Dataflow templates can read the same definitions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import uuid
 from typing import List, Sequence
@@ -15,9 +16,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 
 from pipeline.config import RunConfig
 from transforms.image_bounds import BOUNDED_FORMATS
-from transforms.runtime.tensorrt.sidecar import DEFAULT_PROFILE
 from transforms.spec import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, TRT_PRECISIONS,
                              ConfigError, DecodeLimits, ModelSpec, OPEN_NSFW_SPEC)
+
+
+def _default(name: str):
+    """The RunConfig field's default: each default is defined once, on the config."""
+    return {f.name: f.default for f in dataclasses.fields(RunConfig)}[name]
 
 
 def _csv(value: str) -> List[str]:
@@ -57,10 +62,10 @@ class InferenceOptions(PipelineOptions):
         g.add_argument("--model_spec", default=None,
                        help="JSON file describing the model's input and output (see "
                             "README). Default: the built-in open_nsfw spec.")
-        g.add_argument("--backend", default="onnx", choices=BACKENDS,
+        g.add_argument("--backend", default=_default("backend"), choices=BACKENDS,
                        help="Inference engine: onnx (ONNX Runtime) or tensorrt (a "
                             "TensorRT plan given by --engine).")
-        g.add_argument("--onnx_providers", default="CPUExecutionProvider",
+        g.add_argument("--onnx_providers", default=",".join(_default("onnx_providers")),
                        help="Comma-separated ONNX Runtime execution providers in priority "
                             "order: CPUExecutionProvider, CUDAExecutionProvider, "
                             "TensorrtExecutionProvider.")
@@ -74,9 +79,9 @@ class InferenceOptions(PipelineOptions):
         g.add_argument("--max_batch_size", type=int, default=None,
                        help="Largest batch BatchElements forms. Default: 32 for ONNX, "
                             "the engine profile's max for TensorRT.")
-        g.add_argument("--top_k", type=int, default=5,
+        g.add_argument("--top_k", type=int, default=_default("top_k"),
                        help="How many classes each prediction keeps (default 5).")
-        g.add_argument("--output_format", default="jsonl", choices=OUTPUT_FORMATS,
+        g.add_argument("--output_format", default=_default("output_format"), choices=OUTPUT_FORMATS,
                        help="Format of predictions-*: jsonl or parquet.")
         g.add_argument("--max_image_bytes", type=int, default=DecodeLimits.max_bytes,
                        help="Files larger than this are dead letters, never read whole.")
@@ -94,9 +99,9 @@ class InferenceOptions(PipelineOptions):
                             "plans keyed by TensorRT version, GPU, ONNX sha256, precision "
                             "and profile. A worker with no matching plan builds one from "
                             "--model and publishes it for the others.")
-        g.add_argument("--trt_precision", default="tf32", choices=TRT_PRECISIONS,
+        g.add_argument("--trt_precision", default=_default("trt_precision"), choices=TRT_PRECISIONS,
                        help="Precision of plans built through --engine_cache.")
-        g.add_argument("--trt_profile", default=",".join(map(str, DEFAULT_PROFILE)),
+        g.add_argument("--trt_profile", default=",".join(map(str, _default("trt_profile"))),
                        help="MIN,OPT,MAX batch of plans built through --engine_cache.")
         g.add_argument("--trt_optimization_level", type=int, default=None,
                        help="Builder optimization level (0-5) for --engine_cache builds; "

@@ -153,3 +153,9 @@ def test_in_run_inference_keyed(tiny_model):
     counters = result.metrics().query(
         MetricsFilter().with_namespace("beam_trt_inference_onnx").with_name("num_inferences"))
     assert sum(c.result for c in counters["counters"]) == 7
+    # batch latency and size come from RunInference's own metrics, not ours
+    dists = {d.key.metric.name: d.result for d in result.metrics().query(
+        MetricsFilter().with_namespace("beam_trt_inference_onnx"))["distributions"]}
+    assert dists["inference_request_batch_size"].sum == 7
+    assert dists["inference_request_batch_size"].max <= 4
+    assert dists["inference_batch_latency_micro_secs"].count >= 2
