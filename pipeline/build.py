@@ -10,10 +10,11 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from pipeline.config import RunConfig
 from transforms.decode import DecodeImage
+from transforms.gpu_route import CPU_PATH, RouteForGpu
 from transforms.handlers.keyed import KeyedBatchHandler
 from transforms.handlers.model_handler import Loader, NumpyModelHandler
 from transforms.io import ReadImages, WriteBundleMetrics, WriteDeadLetters, WritePredictions
@@ -23,6 +24,7 @@ from transforms.preprocess import Preprocess
 from transforms.records import DEAD_LETTER, MAX_MESSAGE_CHARS, METRICS_NAMESPACE, Item, ItemKey
 from transforms.runtime.errors import SystemicError
 from transforms.runtime.onnx import OnnxLoader
+from transforms.runtime.tensorrt.gpu_runner import GPU_OK, TrtDaliLoader
 from transforms.runtime.tensorrt.runner import TrtLoader
 
 
@@ -96,36 +98,87 @@ class BatchFailures(beam.DoFn):
                    "message": message[:MAX_MESSAGE_CHARS]}
 
 
+class SplitGpuResults(beam.DoFn):
+    """GPU-path results: scored ones go on; a file DALI could not decode alone (GPU_OK
+    False) goes back, as its bytes, to the Pillow path, so it is scored once or
+    dead-lettered once there."""
+
+    def __init__(self) -> None:
+        self._retried = Metrics.counter(METRICS_NAMESPACE, "images_gpu_fallback")
+
+    def process(self, element: Tuple[ItemKey, PredictionResult]) -> Iterator[Any]:
+        key, result = element
+        outputs = dict(result.inference)
+        ok = bool(outputs.pop(GPU_OK))
+        if not ok:
+            self._retried.inc()
+            yield beam.pvalue.TaggedOutput(CPU_PATH, Item(key.uri, bytes(result.example),
+                                                          key.timings))
+            return
+        inference = next(iter(outputs.values())) if len(outputs) == 1 else outputs
+        yield key, PredictionResult(result.example, inference, result.model_id)
+
+
+def _infer(pcoll: beam.PCollection, label: str, handler: NumpyModelHandler, cfg: RunConfig,
+           path: str) -> Tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
+    """Key -> RunInference -> (results, inference dead letters)."""
+    inferred, dlq = (
+        pcoll
+        | f"Key{label}" >> beam.Map(_keyed)
+        | f"RunInference{label}" >> RunInference(KeyedBatchHandler(handler))
+        .with_exception_handling())
+    failed = dlq.failed_inferences | f"InferenceDeadLetters{label}" >> beam.ParDo(BatchFailures())
+    return inferred, failed
+
+
 def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
                    handler: Optional[NumpyModelHandler] = None) -> Dict[str, Any]:
-    """Read -> decode -> preprocess -> RunInference -> postprocess -> write.
+    """Read -> (route) -> decode -> preprocess -> RunInference -> postprocess -> write.
 
-    Returns the main PCollections so tests can assert on them.
+    With ``cfg.preprocess == "gpu"`` plain JPEGs go as encoded bytes to a TensorRT runner
+    fed by DALI; everything else, and any file DALI fails on alone, takes the Pillow path
+    to a second handler on the same plan. Returns the main PCollections for tests.
     """
     handler = handler or make_handler(cfg)
     skip = (cfg.output,) + tuple(x for x in cfg.skip_scored if x != cfg.output)
     read = p | "ReadImages" >> ReadImages(cfg.inputs, cfg.input_list, cfg.limits, skip)
-    decoded = read.images | "DecodeImage" >> beam.ParDo(
+    errors = [read[DEAD_LETTER]]
+    predictions = []
+    cpu_input = read.images
+    if cfg.preprocess == "gpu":
+        routed = read.images | "RouteForGpu" >> beam.ParDo(
+            RouteForGpu(cfg.spec, cfg.limits)).with_outputs(DEAD_LETTER, CPU_PATH, main="gpu")
+        gpu_handler = NumpyModelHandler(
+            TrtDaliLoader(make_loader(cfg), cfg.spec, cfg.dali),
+            min_batch_size=cfg.min_batch_size, max_batch_size=cfg.max_batch_size,
+            model_copies=cfg.model_copies)
+        gpu_results, gpu_failed = _infer(routed.gpu, "Gpu", gpu_handler, cfg, "gpu")
+        split = gpu_results | "SplitGpuResults" >> beam.ParDo(
+            SplitGpuResults()).with_outputs(CPU_PATH, main="scored")
+        post_gpu = split.scored | "PostprocessGpu" >> beam.ParDo(
+            Postprocess(cfg.spec, cfg.backend, cfg.top_k, "gpu")).with_outputs(
+                DEAD_LETTER, main="preds")
+        errors += [routed[DEAD_LETTER], gpu_failed, post_gpu[DEAD_LETTER]]
+        predictions.append(post_gpu.preds)
+        cpu_input = ((routed[CPU_PATH], split[CPU_PATH])
+                     | "CpuPathInputs" >> beam.Flatten())
+    decoded = cpu_input | "DecodeImage" >> beam.ParDo(
         DecodeImage(cfg.spec, cfg.limits)).with_outputs(DEAD_LETTER, main="images")
     tensors = decoded.images | "Preprocess" >> beam.ParDo(
         Preprocess(cfg.spec)).with_outputs(DEAD_LETTER, main="images")
-    inferred, dlq = (
-        tensors.images
-        | "Key" >> beam.Map(_keyed)
-        | "RunInference" >> RunInference(KeyedBatchHandler(handler)).with_exception_handling())
+    inferred, failed_inference = _infer(tensors.images, "", handler, cfg, "cpu")
     post = inferred | "Postprocess" >> beam.ParDo(
-        Postprocess(cfg.spec, cfg.backend, cfg.top_k)).with_outputs(DEAD_LETTER, main="preds")
-    measured = post.preds | "BundleMetrics" >> beam.ParDo(BundleMetrics()).with_outputs(
+        Postprocess(cfg.spec, cfg.backend, cfg.top_k, "cpu")).with_outputs(
+            DEAD_LETTER, main="preds")
+    predictions.append(post.preds)
+    errors += [decoded[DEAD_LETTER], tensors[DEAD_LETTER], failed_inference, post[DEAD_LETTER]]
+    preds = (predictions[0] if len(predictions) == 1
+             else tuple(predictions) | "AllPredictions" >> beam.Flatten())
+    measured = preds | "BundleMetrics" >> beam.ParDo(BundleMetrics()).with_outputs(
         BUNDLES, main="records")
-    failed_inference = dlq.failed_inferences | "InferenceDeadLetters" >> beam.ParDo(
-        BatchFailures())
-    errors = ((read[DEAD_LETTER], decoded[DEAD_LETTER], tensors[DEAD_LETTER],
-               failed_inference, post[DEAD_LETTER])
-              | "AllDeadLetters" >> beam.Flatten())
+    errors = tuple(errors) | "AllDeadLetters" >> beam.Flatten()
     measured.records | "WritePredictions" >> WritePredictions(cfg.output, cfg.run_id,
                                                                cfg.output_format)
     errors | "WriteDeadLetters" >> WriteDeadLetters(cfg.output, cfg.run_id)
     measured[BUNDLES] | "WriteBundleMetrics" >> WriteBundleMetrics(cfg.output, cfg.run_id)
     return {"predictions": measured.records, "errors": errors, "bundles": measured[BUNDLES]}
-
-

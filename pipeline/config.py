@@ -10,10 +10,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+from transforms.runtime.gpu_preprocess import DaliOptions
 from transforms.runtime.tensorrt.sidecar import DEFAULT_PROFILE
 from transforms.spec import (BACKENDS, BUNDLED_OPEN_NSFW, ONNX_PROVIDERS, OPEN_NSFW_SPEC,
                              OUTPUT_FORMATS, TRT_PRECISIONS, ConfigError, DecodeLimits,
                              ModelSpec, choice as _choice, positive as _positive)
+
+
+PREPROCESS_PATHS = ("cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class RunConfig:
     trt_optimization_level: Optional[int] = None
     skip_scored: Tuple[str, ...] = ()
     run_id: str = "run"
+    # "cpu" (Pillow) or "gpu" (DALI); options resolve --preprocess auto before this.
+    preprocess: str = "cpu"
+    dali: DaliOptions = field(default_factory=DaliOptions)
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -81,3 +88,7 @@ class RunConfig:
         _positive("--top_k", self.top_k)
         if self.model_copies is not None:
             _positive("--model_copies", self.model_copies)
+        _choice("--preprocess", self.preprocess, PREPROCESS_PATHS)
+        if self.preprocess == "gpu" and self.backend != "tensorrt":
+            raise ConfigError("--preprocess gpu: expected --backend tensorrt (the ONNX Runtime "
+                              f"GPU path is not built yet), got --backend {self.backend}")

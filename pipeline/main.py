@@ -42,6 +42,7 @@ class RunSummary:
     batch_p50_ms: float
     batch_p95_ms: float
     batches: int
+    preprocess: str = "cpu"
 
     @property
     def images_per_s(self) -> float:
@@ -51,7 +52,8 @@ class RunSummary:
         return (f"summary: ok={self.ok} failed={self.failed} skipped={self.skipped} "
                 f"wall={self.wall_s:.2f}s "
                 f"images/s={self.images_per_s:.1f} batches={self.batches} "
-                f"batch_latency_ms p50={self.batch_p50_ms:.1f} p95={self.batch_p95_ms:.1f}")
+                f"batch_latency_ms p50={self.batch_p50_ms:.1f} p95={self.batch_p95_ms:.1f} "
+                f"preprocess={self.preprocess}")
 
 
 def _metric(result: beam.runners.runner.PipelineResult, name: str) -> int:
@@ -68,7 +70,8 @@ def summarize(result: beam.runners.runner.PipelineResult, cfg: RunConfig,
     return RunSummary(ok=_metric(result, "images_ok"), failed=_metric(result, "images_failed"),
                       skipped=_metric(result, "images_skipped"),
                       wall_s=wall_s, batch_p50_ms=percentile(batch_ms, 50),
-                      batch_p95_ms=percentile(batch_ms, 95), batches=len(batch_ms))
+                      batch_p95_ms=percentile(batch_ms, 95), batches=len(batch_ms),
+                      preprocess=cfg.preprocess)
 
 
 def configure(argv: Sequence[str]) -> Tuple[PipelineOptions, RunConfig]:

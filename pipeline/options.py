@@ -14,8 +14,9 @@ from typing import List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from pipeline.config import RunConfig
+from pipeline.config import PREPROCESS_PATHS, RunConfig
 from transforms.image_bounds import BOUNDED_FORMATS
+from transforms.runtime.gpu_preprocess import DaliOptions, dali_available
 from transforms.spec import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, TRT_PRECISIONS,
                              ConfigError, DecodeLimits, ModelSpec, OPEN_NSFW_SPEC)
 
@@ -117,6 +118,17 @@ class InferenceOptions(PipelineOptions):
                        help="Load this many model copies per worker VM and share them "
                             "across SDK processes (Beam's model_copies). Default: one "
                             "model per SDK process.")
+        g.add_argument("--preprocess", default="auto", choices=("auto",) + PREPROCESS_PATHS,
+                       help="Where images are decoded and preprocessed: gpu (NVIDIA DALI, "
+                            "straight into the TensorRT engine), cpu (Pillow), or auto: gpu "
+                            "when --backend tensorrt and nvidia-dali imports here, else cpu. "
+                            "Files DALI would not decode as Pillow does take the CPU path.")
+        g.add_argument("--dali_hw_decoder_load", type=float,
+                       default=DaliOptions.hw_decoder_load,
+                       help="Share of JPEGs sent to the GPU's hardware decoders (0-1); the "
+                            "rest use nvJPEG's CUDA decoder.")
+        g.add_argument("--dali_threads", type=int, default=DaliOptions.threads,
+                       help="DALI's CPU worker threads (parsing and the CPU share of decode).")
 
 
 def help_text() -> str:
@@ -172,4 +184,20 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         trt_optimization_level=opts.trt_optimization_level,
         skip_scored=tuple(opts.skip_scored or ()),
         run_id=opts.run_id or new_run_id(),
+        preprocess=resolve_preprocess(opts.preprocess, opts.backend),
+        dali=_dali_options(opts),
     )
+
+
+def resolve_preprocess(choice: str, backend: str) -> str:
+    """--preprocess auto: gpu when the engine runs on the GPU and DALI imports, else cpu."""
+    if choice != "auto":
+        return choice
+    return "gpu" if backend == "tensorrt" and dali_available() else "cpu"
+
+
+def _dali_options(opts) -> DaliOptions:
+    try:
+        return DaliOptions(hw_decoder_load=opts.dali_hw_decoder_load, threads=opts.dali_threads)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -13,8 +13,8 @@ from transforms.records import METRICS_NAMESPACE
 
 
 def _pred(i: int, batch: str, size: int, ms: float) -> Prediction:
-    return Prediction(f"u{i}", ({"label": "a", "score": 1.0},), "m", "s", "onnx", batch, size,
-                      1.0, 2.0, ms, 0.5)
+    return Prediction(f"u{i}", ({"label": "a", "score": 1.0},), "m", "s", "onnx",
+                      "gpu" if i == 2 else "cpu", batch, size, 1.0, 2.0, ms, 0.5)
 
 
 def test_percentile_nearest_rank():
@@ -32,6 +32,8 @@ def test_bundle_records_and_counters():
         assert sum(b["batches"] for b in bundles) == 2
         sizes = sorted(s for b in bundles for s in b["batch_sizes"])
         assert sizes == [1, 2]
+        assert sum(b["images_gpu_preprocess"] for b in bundles) == 1
+        assert sum(b["images_cpu_preprocess"] for b in bundles) == 2
         for b in bundles:
             assert b["wall_ms"] > 0 and b["images_per_s"] > 0
             assert b["decode_ms"] == b["images"] * 1.0

@@ -206,3 +206,27 @@ def test_proxy_errors_are_systemic():
 
     with pytest.raises(SharedModelError, match="ConnectionResetError: server process exited"):
         NumpyModelHandler(ScriptedLoader()).run_batch(_examples(2), Gone(1, 4, None))
+
+
+class EncodedRunner(ScriptedRunner):
+    """Takes whole files (like the DALI runner): y = file length, per row."""
+
+    def __init__(self) -> None:
+        super().__init__(2, 4, None)
+        self._info = RunnerInfo("scripted", "mem://enc", "e" * 64, "cpu",
+                                (TensorInfo("__encoded__", "encoded", ()),), ("len",), 2, 2, 4)
+
+    def infer(self, feeds: Feeds) -> Feeds:
+        rows = feeds["__encoded__"]
+        self.calls.append(len(rows))
+        return {"len": np.array([len(r) for r in rows], np.int64)}
+
+
+def test_encoded_inputs_follow_the_same_split_and_pad_rule():
+    files = [b"x" * (i + 1) for i in range(5)] + [np.frombuffer(b"abcdefg", np.uint8)]
+    runner = EncodedRunner()
+    results = list(NumpyModelHandler(ScriptedLoader()).run_inference(files, runner))
+    assert [int(r.inference) for r in results] == [1, 2, 3, 4, 5, 7]
+    assert runner.calls == [4, 2]
+    with pytest.raises(InputMismatch, match="expected the file's bytes as a non-empty 1-D uint8"):
+        NumpyModelHandler(ScriptedLoader()).run_inference([b""], runner)

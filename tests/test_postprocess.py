@@ -43,7 +43,8 @@ def test_select_output():
 
 def test_record_fields():
     rec = Prediction("gs://b/x.jpg", ({"label": "sfw", "score": 0.9},), "m", "ab" * 32, "onnx",
-                     "1-a-1", 8, 1.23456, 2.0, 30.0, 0.1).to_record()
-    assert set(rec) == {"uri", "top_k", "model_name", "model_sha256", "backend", "batch_size",
-                        "decode_ms", "preprocess_ms", "inference_ms"}
+                     "cpu", "1-a-1", 8, 1.23456, 2.0, 30.0, 0.1).to_record()
+    assert set(rec) == {"uri", "top_k", "model_name", "model_sha256", "backend", "preprocess",
+                        "batch_size", "decode_ms", "preprocess_ms", "inference_ms"}
+    assert rec["preprocess"] == "cpu"
     assert rec["decode_ms"] == 1.235 and rec["batch_size"] == 8

@@ -17,8 +17,10 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
 
 
-class TruncatedJpeg(UndecodableImage):
-    """A JPEG whose segments or scans run past the end of the file."""
+def TruncatedJpeg(message: str) -> UndecodableImage:
+    """A JPEG whose segments or scans run past the end of the file: the same error type
+    the CPU path's decoder gives it, so dead letters do not depend on the path taken."""
+    return UndecodableImage(f"JPEG is truncated: {message}")
 
 
 def _length(data: bytes, pos: int) -> int:
@@ -44,7 +46,7 @@ def _end_of_scan(data: bytes, pos: int) -> int:
 
 
 def check_jpeg_structure(data: bytes) -> None:
-    """Raise TruncatedJpeg / UndecodableImage unless ``data`` is a structurally whole JPEG."""
+    """Raise UndecodableImage unless ``data`` is a structurally whole JPEG."""
     if data[:2] != b"\xff\xd8":
         raise UndecodableImage(f"not a JPEG: expected SOI ff d8, got {data[:2].hex(' ')}")
     pos, frame, scans = 2, False, 0

@@ -48,6 +48,7 @@ class BundleMetrics(beam.DoFn):
         self._images = 0
         self._batches: Dict[str, tuple] = {}
         self._sums = {"decode_ms": 0.0, "preprocess_ms": 0.0, "postprocess_ms": 0.0}
+        self._paths: Dict[str, int] = {"gpu": 0, "cpu": 0}
 
     def start_bundle(self) -> None:
         self._reset()
@@ -57,6 +58,7 @@ class BundleMetrics(beam.DoFn):
         self._ok.inc()
         if p.batch_id not in self._batches:
             self._batches[p.batch_id] = (p.batch_size, p.inference_ms)
+        self._paths[p.preprocess] = self._paths.get(p.preprocess, 0) + 1
         self._sums["decode_ms"] += p.decode_ms
         self._sums["preprocess_ms"] += p.preprocess_ms
         self._sums["postprocess_ms"] += p.postprocess_ms
@@ -72,6 +74,8 @@ class BundleMetrics(beam.DoFn):
             "worker": socket.gethostname(),
             "pid": os.getpid(),
             "images": self._images,
+            "images_gpu_preprocess": self._paths.get("gpu", 0),
+            "images_cpu_preprocess": self._paths.get("cpu", 0),
             "batches": len(self._batches),
             "batch_sizes": [size for size, _ in self._batches.values()],
             "batch_ms": [round(ms, 3) for ms in batch_ms],

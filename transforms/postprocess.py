@@ -50,6 +50,7 @@ class Prediction:
     model_name: str
     model_sha256: str
     backend: str
+    preprocess: str
     batch_id: str
     batch_size: int
     decode_ms: float
@@ -64,6 +65,7 @@ class Prediction:
             "model_name": self.model_name,
             "model_sha256": self.model_sha256,
             "backend": self.backend,
+            "preprocess": self.preprocess,
             "batch_size": self.batch_size,
             "decode_ms": round(self.decode_ms, 3),
             "preprocess_ms": round(self.preprocess_ms, 3),
@@ -87,10 +89,12 @@ def select_output(inference: Any, name: Optional[str]) -> np.ndarray:
 class Postprocess(beam.DoFn):
     """DoFn: (ItemKey, PredictionResult) -> Prediction; config errors fail the job."""
 
-    def __init__(self, spec: ModelSpec, backend: str, top_k: int) -> None:
+    def __init__(self, spec: ModelSpec, backend: str, top_k: int, preprocess: str = "cpu"
+                 ) -> None:
         self._spec = spec
         self._backend = backend
         self._k = top_k
+        self._preprocess = preprocess
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_failed")
 
     def process(self, element: Tuple[ItemKey, PredictionResult]) -> Iterator[Any]:
@@ -109,6 +113,7 @@ class Postprocess(beam.DoFn):
         yield Prediction(
             uri=key.uri, top_k=tuple(best), model_name=self._spec.name,
             model_sha256=batch.model_sha256 if batch else "", backend=self._backend,
+            preprocess=self._preprocess,
             batch_id=batch.batch_id if batch else "", batch_size=batch.size if batch else 0,
             decode_ms=key.timings.get("decode", 0.0),
             preprocess_ms=key.timings.get("preprocess", 0.0),

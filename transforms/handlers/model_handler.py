@@ -29,7 +29,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.runtime.batching import batch_inputs, run_in_chunks, split_rows, stack_batch
+from transforms.runtime.batching import (ENCODED_DTYPE, batch_inputs, run_in_chunks,
+                                         split_rows, stack_batch, stack_encoded)
 from transforms.runtime.errors import SharedModelError
 from transforms.runtime.runner import Runner, RunnerInfo
 
@@ -62,6 +63,8 @@ class Loader:
 
 
 def _stack(batch: Sequence[Any], info: RunnerInfo) -> Dict[str, np.ndarray]:
+    if len(info.inputs) == 1 and info.inputs[0].dtype == ENCODED_DTYPE:
+        return {info.inputs[0].name: stack_encoded(batch, info.inputs[0].name)}
     columns = batch_inputs(batch, [t.name for t in info.inputs])
     return {t.name: stack_batch(columns[t.name], np.dtype(t.dtype), t.example_shape, t.name)
             for t in info.inputs}
@@ -126,7 +129,8 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
         total = 0
         for ex in batch:
             arrays = ex.values() if isinstance(ex, Mapping) else [ex]
-            total += sum(np.asarray(a).nbytes for a in arrays)
+            total += sum(len(a) if isinstance(a, (bytes, bytearray)) else np.asarray(a).nbytes
+                         for a in arrays)
         return int(total)
 
     def get_metrics_namespace(self) -> str:

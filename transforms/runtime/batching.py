@@ -96,6 +96,23 @@ def stack_batch(batch: Sequence[np.ndarray], dtype: np.dtype,
     return np.ascontiguousarray(np.stack(batch))
 
 
+ENCODED_DTYPE = "encoded"   # TensorInfo.dtype of an input that takes whole encoded files
+
+
+def stack_encoded(batch: Sequence[Any], name: str) -> np.ndarray:
+    """Encoded files (bytes or 1-D uint8 arrays) as a 1-D object array: one row each, so
+    the same split / pad / order rule applies to them as to pixel tensors."""
+    out = np.empty(len(batch), dtype=object)
+    for i, ex in enumerate(batch):
+        if isinstance(ex, (bytes, bytearray)):
+            ex = np.frombuffer(bytes(ex), dtype=np.uint8)
+        if not isinstance(ex, np.ndarray) or ex.dtype != np.uint8 or ex.ndim != 1 or not ex.size:
+            raise InputMismatch(f"input '{name}' example {i}: expected the file's bytes as a "
+                                f"non-empty 1-D uint8 array, got {type(ex).__name__}")
+        out[i] = ex
+    return out
+
+
 def chunk_ranges(n: int, max_batch: int) -> List[Tuple[int, int]]:
     """[start, stop) ranges of at most ``max_batch``, in order."""
     if max_batch <= 0:

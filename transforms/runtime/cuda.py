@@ -127,6 +127,12 @@ def memcpy_htod_async(dst: DeviceBuffer, src: np.ndarray, stream: Stream) -> Non
           "cudaMemcpyAsync(HostToDevice)")
 
 
+def memset_async(ptr: int, nbytes: int, stream: Any) -> None:
+    """Zero ``nbytes`` at device address ``ptr``, ordered on ``stream`` (a Stream or a handle)."""
+    handle = stream.handle if isinstance(stream, Stream) else stream
+    check(cudart().cudaMemsetAsync(ptr, 0, nbytes, handle), "cudaMemsetAsync")
+
+
 def memcpy_dtoh_async(dst: np.ndarray, src: DeviceBuffer, stream: Stream) -> None:
     rt = cudart()
     check(rt.cudaMemcpyAsync(dst.ctypes.data, src.ptr, dst.nbytes,

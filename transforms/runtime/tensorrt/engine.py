@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -173,34 +173,66 @@ class TrtEngine:
         """
         cuda = self._cuda
         with self._lock:
-            if self._stream is None:
-                raise EngineLoadError(f"{self.source}: engine is closed")
+            self._check_open()
             self._check_inputs(feeds)
-            start, end = self._events
             for t in self.inputs:
                 arr = np.ascontiguousarray(feeds[t.name])
                 b = self._bindings[t.name]
                 staged = b.host.view(arr.dtype, arr.shape)
                 np.copyto(staged, arr)
                 cuda.memcpy_htod_async(b.device, staged, self._stream)
-                if not self._context.set_input_shape(t.name, tuple(arr.shape)):
-                    raise EngineLoadError(f"{self.source}: set_input_shape('{t.name}', "
-                                     f"{list(arr.shape)}) refused")
-            start.record(self._stream)
-            if not self._context.execute_async_v3(self._stream.handle):
-                raise EngineLoadError(f"{self.source}: execute_async_v3 failed: "
-                                      + "; ".join(self._logger.errors[-3:]))
-            end.record(self._stream)
-            staged_out = {}
-            for t in self.outputs:
-                shape = tuple(self._context.get_tensor_shape(t.name))
-                b = self._bindings[t.name]
-                staged_out[t.name] = b.host.view(np.dtype(t.dtype), shape)
-                cuda.memcpy_dtoh_async(staged_out[t.name], b.device, self._stream)
-            self._stream.synchronize()
-            if gpu_ms is not None:
-                gpu_ms.append(end.elapsed_ms(start))
-            return {name: np.array(v, copy=True) for name, v in staged_out.items()}
+                self._set_shape(t.name, tuple(arr.shape))
+            return self._execute_and_fetch(gpu_ms)
+
+    def run_filled(self, name: str, rows: int, fill: Callable[[int, int], None],
+                   gpu_ms: Optional[List[float]] = None) -> Dict[str, np.ndarray]:
+        """One batch whose only input ``name`` is written on the device by
+        ``fill(device_ptr, stream_handle)`` (GPU preprocessing): no host staging at all."""
+        with self._lock:
+            self._check_open()
+            if [t.name for t in self.inputs] != [name]:
+                raise InputMismatch(f"{self.source}: run_filled needs a single-input engine "
+                                    f"with input '{name}', it has {[t.name for t in self.inputs]}")
+            t = self.inputs[0]
+            if not t.profile_min[0] <= rows <= t.profile_max[0]:
+                raise InputMismatch(f"{self.source}: batch {rows} is outside the profile "
+                                    f"{t.profile_min[0]}..{t.profile_max[0]}")
+            fill(self._bindings[name].device.ptr, self._stream.handle)
+            self._set_shape(name, (rows,) + tuple(t.profile_max[1:]))
+            return self._execute_and_fetch(gpu_ms)
+
+    def row_bytes(self, name: str) -> int:
+        """Bytes of one example of tensor ``name`` (offsets into its device buffer)."""
+        return self._bindings[name].row_bytes
+
+    def _check_open(self) -> None:
+        if self._stream is None:
+            raise EngineLoadError(f"{self.source}: engine is closed")
+
+    def _set_shape(self, name: str, shape: Tuple[int, ...]) -> None:
+        if not self._context.set_input_shape(name, shape):
+            raise EngineLoadError(f"{self.source}: set_input_shape('{name}', "
+                                  f"{list(shape)}) refused")
+
+    def _execute_and_fetch(self, gpu_ms: Optional[List[float]]) -> Dict[str, np.ndarray]:
+        """Enqueue the engine and the output copies on the stream, synchronize once."""
+        cuda = self._cuda
+        start, end = self._events
+        start.record(self._stream)
+        if not self._context.execute_async_v3(self._stream.handle):
+            raise EngineLoadError(f"{self.source}: execute_async_v3 failed: "
+                                  + "; ".join(self._logger.errors[-3:]))
+        end.record(self._stream)
+        staged_out = {}
+        for t in self.outputs:
+            shape = tuple(self._context.get_tensor_shape(t.name))
+            b = self._bindings[t.name]
+            staged_out[t.name] = b.host.view(np.dtype(t.dtype), shape)
+            cuda.memcpy_dtoh_async(staged_out[t.name], b.device, self._stream)
+        self._stream.synchronize()
+        if gpu_ms is not None:
+            gpu_ms.append(end.elapsed_ms(start))
+        return {name: np.array(v, copy=True) for name, v in staged_out.items()}
 
     def close(self) -> None:
         """Free buffers, stream, events, context and engine; safe to call twice."""

@@ -140,6 +140,13 @@ class TrtRunner(Runner):
     def info(self) -> RunnerInfo:
         return self._info
 
+    @property
+    def engine(self):
+        """The TrtEngine, for runners in this package that feed it from the device."""
+        if self._engine is None:
+            raise SystemicError(f"{self._info.model_uri}: the runner is closed")
+        return self._engine
+
     def infer(self, feeds: Feeds) -> Feeds:
         if self._engine is None:
             raise SystemicError(f"{self._info.model_uri}: the runner is closed")

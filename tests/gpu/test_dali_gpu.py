@@ -1,0 +1,171 @@
+"""The GPU preprocessing path on real DALI and real TensorRT: agreement with the CPU path,
+bad files mixed into good batches, the Pillow fallback, and fuzzed JPEGs in a child.
+Run under ../shared/gpu/pack-trt with nvidia-dali-cuda120 (see README)."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, SAMPLES, sample_paths
+from tests.images import truncated_jpeg
+
+pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
+
+
+@pytest.fixture(scope="session")
+def dali(gpu):
+    try:
+        import nvidia.dali  # noqa: F401 - probing only
+    except ImportError as exc:
+        pytest.skip(f"needs nvidia-dali (pip install nvidia-dali-cuda120): {exc}")
+
+
+def _photos(n: int, seed: int) -> list:
+    """Generated photos (scripts/make_corpus.py's imagenet profile), as bytes."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_corpus
+
+    rng = random.Random(seed)
+    return [make_corpus._imagenet(random.Random(rng.getrandbits(32)))[0] for _ in range(n)]
+
+
+def test_dali_tensors_match_the_cpu_path(dali, report):
+    """A mean/std NCHW spec (no JPEG round-trip): the largest tensor difference, stated."""
+    from transforms.decode import decode_image
+    from transforms.preprocess import preprocess
+    from transforms.runtime.gpu_preprocess import DaliPreprocessor
+    from transforms.spec import ModelSpec
+
+    spec = ModelSpec(name="rn", height=224, width=224, layout="NCHW", resize_policy="shorter_side",
+                     resize_height=256, resize_width=256, crop="center", scale=1 / 255,
+                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    files = [p.read_bytes() for p in sample_paths() if p.suffix == ".jpg"] + _photos(26, 1)
+    pre = DaliPreprocessor(spec, 32)
+    gpu = pre.to_host([np.frombuffer(f, np.uint8) for f in files])
+    cpu = np.stack([preprocess(decode_image(f), spec) for f in files])
+    assert gpu.shape == cpu.shape == (len(files), 3, 224, 224)
+    diff = np.abs(gpu.astype(np.float64) - cpu)
+    report["dali_vs_cpu_meanstd_nchw_max_abs_diff"] = float(diff.max())
+    report["dali_vs_cpu_meanstd_nchw_mean_abs_diff"] = float(diff.mean())
+    # in normalised units (1/255/0.225 = 0.017 per pixel level): resampler and IDCT
+    # differences, not a layout or channel mistake (those give differences of order 1)
+    assert diff.mean() < 0.05 and np.percentile(diff, 99) < 0.5
+
+
+def _run(args, out: Path):
+    from pipeline.main import run
+
+    return run(args + ["--output", str(out)])
+
+
+def _scores(out: Path) -> dict:
+    from transforms.io import read_jsonl
+
+    return {Path(p["uri"]).name: (p["top_k"], p["preprocess"])
+            for p in read_jsonl(str(out / "predictions-*.jsonl"))}
+
+
+def _nsfw(top_k) -> float:
+    return next(t["score"] for t in top_k if t["label"] == "nsfw")
+
+
+def test_gpu_and_cpu_paths_agree_on_open_nsfw(dali, nsfw_engines, tmp_path, report):
+    """Samples (JPEGs on the GPU, PNGs fall back to Pillow) and 500 generated photos."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sample_paths():
+        shutil.copy(p, images / p.name)
+    for i, data in enumerate(_photos(500, 2)):
+        (images / f"photo-{i:03d}.jpg").write_bytes(data)
+    common = ["--input", str(images / "*"), "--backend", "tensorrt",
+              "--engine", str(nsfw_engines["fp32"])]
+    s_gpu = _run(common + ["--preprocess", "gpu"], tmp_path / "gpu")
+    s_cpu = _run(common + ["--preprocess", "cpu"], tmp_path / "cpu")
+    assert s_gpu.ok == s_cpu.ok == 510 and s_gpu.failed == s_cpu.failed == 0
+    gpu, cpu = _scores(tmp_path / "gpu"), _scores(tmp_path / "cpu")
+    assert set(gpu) == set(cpu)
+    paths = {name: path for name, (_, path) in gpu.items()}
+    assert paths["horse_rgba.png"] == "cpu" and paths["chelsea.jpg"] == "gpu"
+    assert sum(p == "gpu" for p in paths.values()) == 506   # 6 sample JPEGs + 500 photos
+    diffs = {n: abs(_nsfw(gpu[n][0]) - _nsfw(cpu[n][0])) for n in gpu}
+    report["gpu_vs_cpu_open_nsfw_max_abs_diff"] = max(diffs.values())
+    report["gpu_vs_cpu_open_nsfw_mean_abs_diff"] = float(np.mean(list(diffs.values())))
+    report["gpu_path_summary"] = s_gpu.line()
+    report["cpu_path_summary"] = s_cpu.line()
+    assert max(diffs.values()) <= 0.02, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+
+
+def _bogus_huffman_jpeg() -> bytes:
+    """Headers parse and the structure is whole, but the Huffman table is invalid."""
+    buf = io.BytesIO()
+    Image.effect_noise((128, 96), 50).convert("RGB").save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    dht = data.find(b"\xff\xc4")
+    data[dht + 5:dht + 21] = b"\xff" * 16       # code counts that overflow every length
+    return bytes(data)
+
+
+def test_bad_files_mixed_into_good_batches(dali, nsfw_engines, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = []
+    for i, data in enumerate(_photos(40, 3)):
+        (images / f"good-{i:02d}.jpg").write_bytes(data)
+        good.append(f"good-{i:02d}.jpg")
+    bad = {"cut.jpg": truncated_jpeg(), "empty.jpg": b"", "text.jpg": b"not an image\n",
+           "bogus-huffman.jpg": _bogus_huffman_jpeg()}
+    for name, data in bad.items():
+        (images / name).write_bytes(data)
+    out = tmp_path / "out"
+    s = _run(["--input", str(images / "*"), "--backend", "tensorrt", "--engine",
+              str(nsfw_engines["fp32"]), "--preprocess", "gpu", "--min_batch_size", "16"], out)
+    from transforms.io import read_jsonl
+
+    scored = sorted(Path(p["uri"]).name for p in read_jsonl(str(out / "predictions-*.jsonl")))
+    errors = {Path(e["uri"]).name: e for e in read_jsonl(str(out / "errors-*.jsonl"))}
+    assert scored == sorted(good)
+    assert set(errors) == set(bad), errors
+    assert s.ok == 40 and s.failed == 4
+
+
+_FUZZ_CHILD = """
+import json, sys
+from pipeline.main import run
+s = run(["--input", sys.argv[1] + "/*", "--output", sys.argv[2], "--backend", "tensorrt",
+         "--engine", sys.argv[3], "--preprocess", "gpu"])
+print(json.dumps({"ok": s.ok, "failed": s.failed}))
+"""
+
+
+def test_fuzzed_jpegs_never_kill_the_worker(dali, nsfw_engines, tmp_path, report):
+    """500 JPEGs with bit flips in their entropy-coded data (structure intact, so they
+    pass the CPU check): the run finishes and each file is scored or dead-lettered once."""
+    images = tmp_path / "fuzz"
+    images.mkdir()
+    rng = random.Random(7)
+    for i, data in enumerate(_photos(500, 4)):
+        data = bytearray(data)
+        sos = data.rfind(b"\xff\xda")
+        for _ in range(rng.randint(1, 20)):
+            pos = rng.randrange(sos + 20, len(data) - 2)
+            if data[pos] != 0xFF and data[pos - 1] != 0xFF:
+                data[pos] = rng.randrange(0, 255)          # never creates a 0xFF marker
+        (images / f"f-{i:03d}.jpg").write_bytes(bytes(data))
+    done = subprocess.run([sys.executable, "-c", _FUZZ_CHILD, str(images), str(tmp_path / "o"),
+                           str(nsfw_engines["fp32"])], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    report["fuzz_child_returncode"] = done.returncode
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    report["fuzz_counts"] = counts
+    assert counts["ok"] + counts["failed"] == 500

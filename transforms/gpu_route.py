@@ -1,0 +1,67 @@
+"""Which path each image takes with ``--preprocess gpu``: DALI on the GPU, or Pillow on the CPU.
+
+Why on the CPU, per image, before batching: a GPU decoder must never see a file it may
+choke on. DALI decodes a truncated JPEG without an error (wrong pixels, silently) and can
+fail a whole batch or crash the process on bytes that are not an image. So every cap and
+dead-letter rule of the CPU path runs here first, on the header only (decode.open_checked
+and image_bounds), and a JPEG must also prove it is whole (jpeg_structure). Files DALI
+would not decode the way the CPU path does (anything that is not a plain JPEG: PNG alpha
+and palettes, animation, MPO, other formats) take the Pillow path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from transforms.decode import arm_pillow_check, open_checked
+from transforms.jpeg_structure import check_jpeg_structure
+from transforms.records import DEAD_LETTER, METRICS_NAMESPACE, Item, dead_letter
+from transforms.spec import DecodeLimits, ModelSpec
+
+CPU_PATH = "cpu_path"
+GPU_MODES = ("RGB", "L", "CMYK")   # JPEG modes nvJPEG decodes as Pillow does
+
+
+def gpu_decodable(data: bytes, spec: ModelSpec, limits: DecodeLimits) -> bool:
+    """True if the GPU path would produce what the CPU path does; raises the CPU path's
+    own per-image errors (ImageTooLarge, UndecodableImage, TruncatedJpeg, ...)."""
+    arm_pillow_check(limits)
+    img = open_checked(data, limits)
+    if img.format != "JPEG" or img.mode not in GPU_MODES:
+        return False
+    check_jpeg_structure(data)
+    if spec.resize_policy == "none":
+        w, h = img.size
+        if w < spec.width or h < spec.height:
+            return False          # the CPU path names the size in its dead letter
+    return True
+
+
+class RouteForGpu(beam.DoFn):
+    """Item(uri, bytes) -> main: Item(uri, uint8 array) for DALI; CPU_PATH: Item(uri, bytes)
+    for Pillow; DEAD_LETTER: stage "decode", as the CPU path would write it."""
+
+    def __init__(self, spec: ModelSpec, limits: DecodeLimits) -> None:
+        self._spec = spec
+        self._limits = limits
+        self._gpu = Metrics.counter(METRICS_NAMESPACE, "images_gpu_path")
+        self._cpu = Metrics.counter(METRICS_NAMESPACE, "images_cpu_path")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+
+    def process(self, item: Item) -> Iterator[Any]:
+        try:
+            gpu = gpu_decodable(item.payload, self._spec, self._limits)
+        except Exception as exc:  # noqa: BLE001 - one image's fault is a dead letter
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(item.uri, "decode", exc))
+            return
+        if gpu:
+            self._gpu.inc()
+            yield item.next(np.frombuffer(item.payload, dtype=np.uint8), "route", 0.0)
+        else:
+            self._cpu.inc()
+            yield beam.pvalue.TaggedOutput(CPU_PATH, item)

@@ -1,0 +1,149 @@
+"""Encoded image bytes -> the spec's input tensor, on the GPU, with NVIDIA DALI.
+
+Why: end to end the pipeline delivered about 2% of the engine because Pillow decode and
+resize on the CPU could not keep up. DALI decodes JPEGs with the GPU's hardware JPEG
+engines and nvJPEG and resizes, crops and normalises on the device; the result is copied
+device-to-device into the engine's input buffer, never through the host.
+
+The DALI graph follows the CPU path's order exactly (transforms/preprocess.py):
+decode to RGB with EXIF orientation -> resize by the policy (antialiased) -> centre crop
+-> optional JPEG round-trip (open_nsfw) -> channel order -> x * scale, (x - mean) / std ->
+dtype -> layout. Only files that passed the CPU-side checks reach it
+(transforms/jpeg_structure.py): DALI decodes a truncated JPEG without an error and can
+fail a whole batch, or crash, on bytes that are not an image.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, List, Sequence, Tuple
+
+import numpy as np
+
+from transforms.runtime.errors import ModelLoadError
+from transforms.spec import ModelSpec
+
+_INTERP = {"nearest": "INTERP_NN", "bilinear": "INTERP_LINEAR", "bicubic": "INTERP_CUBIC",
+           "lanczos": "INTERP_LANCZOS3", "box": "INTERP_LINEAR", "hamming": "INTERP_LINEAR"}
+
+
+@dataclass(frozen=True)
+class DaliOptions:
+    """DALI's knobs that decide throughput (measured on the H100, see docs/benchmarks.md).
+
+    ``hw_decoder_load`` is the share of each batch sent to the hardware JPEG engines (the
+    rest goes to nvJPEG's CUDA decoder); 0.9 beat DALI's default 0.65 by 1.6x at batch 32.
+    """
+
+    hw_decoder_load: float = 0.9
+    threads: int = 4
+    device_id: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ValueError(f"--dali_hw_decoder_load: expected 0..1, got {self.hw_decoder_load}")
+        if self.threads <= 0:
+            raise ValueError(f"--dali_threads: expected a positive integer, got {self.threads}")
+
+
+def dali_available() -> bool:
+    """True when nvidia-dali imports (it needs a CUDA driver to run, not to import)."""
+    try:
+        import nvidia.dali  # noqa: F401 - probing only
+    except ImportError:
+        return False
+    return True
+
+
+def _dali() -> Tuple[Any, Any, Any]:
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as exc:
+        raise ModelLoadError("--preprocess gpu: nvidia-dali is not installed; expected it "
+                             "(pip install 'beam-trt-inference[dali]')") from exc
+    return fn, pipeline_def, types
+
+
+def normalisation(spec: ModelSpec) -> Tuple[List[float], List[float]]:
+    """The spec's ``x * scale, (x - mean) / std`` as DALI's ``(x - mean') / std'`` on 0..255
+    pixels, in the model's channel order."""
+    mean = [m / spec.scale for m in spec.mean]
+    std = [s / spec.scale for s in spec.std]
+    return mean, std
+
+
+class DaliPreprocessor:
+    """One DALI pipeline for one spec and a maximum batch; ``run`` takes encoded bytes.
+
+    Calls are serialized by a lock: a DALI pipeline runs one iteration at a time, and
+    Beam's DoFn threads share the runner that owns this object.
+    """
+
+    def __init__(self, spec: ModelSpec, max_batch: int, options: DaliOptions = DaliOptions()
+                 ) -> None:
+        fn, pipeline_def, types = _dali()
+        self.spec = spec
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        out_dtype = {"float32": types.FLOAT, "float16": types.FLOAT16,
+                     "uint8": types.UINT8}[spec.input_dtype]
+        rh, rw = spec.resize_size
+        interp = getattr(types, _INTERP[spec.interpolation])
+
+        @pipeline_def(batch_size=max_batch, num_threads=options.threads,
+                      device_id=options.device_id, exec_async=False, exec_pipelined=False,
+                      prefetch_queue_depth=1)
+        def graph():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, batch=True)
+            img = fn.decoders.image(encoded, device="mixed", output_type=types.RGB,
+                                    hw_decoder_load=options.hw_decoder_load)
+            if spec.resize_policy == "exact":
+                img = fn.resize(img, resize_x=rw, resize_y=rh, interp_type=interp,
+                                antialias=True)
+            elif spec.resize_policy == "shorter_side":
+                img = fn.resize(img, resize_x=rw, resize_y=rh, mode="not_smaller",
+                                interp_type=interp, antialias=True)
+            if spec.crop == "center":
+                img = fn.crop(img, crop=(spec.height, spec.width), crop_pos_x=0.5,
+                              crop_pos_y=0.5, out_of_bounds_policy="error")
+            if spec.jpeg_roundtrip_quality is not None:
+                img = fn.jpeg_compression_distortion(img, quality=spec.jpeg_roundtrip_quality)
+            if spec.channel_order == "BGR":
+                img = fn.color_space_conversion(img, image_type=types.RGB,
+                                                output_type=types.BGR)
+            if spec.input_dtype == "uint8":
+                mean, std_ = [0.0] * 3, [1.0] * 3
+            else:
+                mean, std_ = normalisation(spec)
+            return fn.crop_mirror_normalize(
+                img, dtype=out_dtype, mean=mean, std=std_,
+                output_layout="CHW" if spec.layout == "NCHW" else "HWC")
+
+        self._graph = graph
+        self._pipe = None
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh pipeline: after a decode error DALI's pipeline object is no longer valid."""
+        self._pipe = self._graph()
+        self._pipe.build()
+
+    def _run(self, encoded: Sequence[np.ndarray]) -> Any:
+        if not 0 < len(encoded) <= self.max_batch:
+            raise ValueError(f"DALI batch of {len(encoded)}; expected 1..{self.max_batch}")
+        self._pipe.feed_input("encoded", [np.asarray(e, np.uint8) for e in encoded])
+        (out,) = self._pipe.run()
+        return out
+
+    def to_device(self, encoded: Sequence[np.ndarray], dst_ptr: int, stream: int) -> None:
+        """Preprocess a batch into ``dst_ptr`` (a device buffer of at least n rows), ordered
+        on the CUDA ``stream`` the engine then runs on: no host round trip."""
+        with self._lock:
+            out = self._run(encoded)
+            out.as_tensor().copy_to_external(dst_ptr, cuda_stream=stream, non_blocking=True)
+
+    def to_host(self, encoded: Sequence[np.ndarray]) -> np.ndarray:
+        """The same batch as a numpy array (tests and the benchmark's preprocessing row)."""
+        with self._lock:
+            return np.array(self._run(encoded).as_cpu().as_array(), copy=True)
