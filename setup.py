@@ -33,6 +33,9 @@ setup(
     extras_require={
         "gpu": ["onnxruntime-gpu>=1.17"],
         "tensorrt": ["tensorrt>=8.6", "cuda-python>=12.6"],
+        # --preprocess gpu: DALI decodes and preprocesses on the GPU (CUDA 12 build; use
+        # nvidia-dali-cuda130 on CUDA 13). 2.4.0 is the version the GPU tests ran.
+        "dali": ["nvidia-dali-cuda120==2.4.0"],
         "bench": ["matplotlib>=3.7"],
         "test": ["pytest>=7.4", "gcp-storage-emulator>=2024.8.3", "onnx>=1.15", "build>=1.0",
                  "setuptools>=68",  # the Dataflow dry run builds an sdist; 3.12 venvs lack it

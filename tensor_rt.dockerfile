@@ -33,7 +33,8 @@ COPY pytest.ini ./
 
 # TensorRT comes from the base image (not PyPI). onnxruntime-gpu replaces the CPU
 # onnxruntime that the base install pulls in (both own the module `onnxruntime`).
-# onnxruntime-gpu 1.22 and cuda-python 12.8 are CUDA 12 builds, matching CUDA 12.8 here.
+# onnxruntime-gpu 1.22, cuda-python 12.8 and DALI 2.4 (--preprocess gpu; the version the
+# GPU tests ran) are CUDA 12 builds, matching CUDA 12.8 here.
 # The project itself is installed from this directory; its pins live in setup.py.
 # hadolint ignore=DL3013
 RUN test "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "${PYTHON_VERSION}" \
@@ -42,6 +43,8 @@ RUN test "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "
     && pip uninstall -y onnxruntime \
     && pip install --force-reinstall --no-deps onnxruntime-gpu==1.22.0 \
     && pip install cuda-python==12.8.0 \
+    && pip install nvidia-dali-cuda120==2.4.0 \
+    && python3 -c "import nvidia.dali as d; print('DALI', d.__version__)" \
     && python3 -c "import apache_beam as b; import sys; sys.exit(b.__version__ != '${BEAM_VERSION}')" \
     && python3 -c "import onnxruntime as o; print(o.get_available_providers())"
 
