@@ -19,7 +19,8 @@ import datetime as dt
 import json
 import platform
 import sys
-from typing import Any, Dict, Optional, Sequence
+import time
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -127,6 +128,90 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _timed_child(args: List[str]) -> Dict[str, Any]:
+    """Run one end-to-end configuration in a fresh process while NVML samples the GPU;
+    images/s is the child's own summary (ok / wall), CPU % its user + system time / wall."""
+    import resource
+    import subprocess
+
+    from transforms.runtime.benchmark import GpuSampler
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with GpuSampler() as sampler:
+        done = subprocess.run([sys.executable] + args, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith("summary:")), "")
+    fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+    record = {"command": "python " + " ".join(args), "returncode": done.returncode,
+              "summary": line, "images_per_s": float(fields.get("images/s", "nan")),
+              "ok": int(fields.get("ok", "0")), "process_wall_s": wall,
+              "cpu_percent": 100.0 * cpu / wall if wall > 0 else None, **sampler.summary()}
+    if done.returncode:
+        record["stderr_tail"] = done.stderr[-2000:]
+    return record
+
+
+def cmd_pipeline(a: argparse.Namespace) -> int:
+    """Engine alone, DALI alone, end to end (gpu and cpu preprocessing) and the stock-Beam
+    baseline, over one corpus, one plan and one batch size, in one run."""
+    import glob
+    import os
+
+    from transforms.runtime.benchmark import bench_dali
+    from transforms.spec import OPEN_NSFW_SPEC
+
+    files = sorted(f for f in glob.glob(os.path.join(a.corpus, "*"))
+                   if not f.endswith(".json"))
+    gpu_name = device_name()
+    record: Dict[str, Any] = {
+        "corpus": a.corpus_name, "corpus_dir": a.corpus, "images": len(files),
+        "batch_size": a.batch, "plan": a.engine, "gpu": gpu_name, "cores": os.cpu_count(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
+    }
+    _, engine = bench_tensorrt(a.engine, [a.batch], 10, 50)
+    record["engine"] = engine[0]
+    record["engine_images_per_s"] = engine[0].get("images_per_s")
+    gpu_ms = engine[0].get("gpu_med_ms")
+    record["engine_gpu_only_images_per_s"] = a.batch / (gpu_ms / 1000) if gpu_ms else None
+    jpegs = [open(f, "rb").read() for f in files if f.endswith((".jpg", ".jpeg"))]
+    dali = bench_dali(jpegs, OPEN_NSFW_SPEC, a.batch)
+    record["gpu_preprocess"] = dali
+    record["gpu_preprocess_images_per_s"] = dali["images_per_s"]
+    common = ["-m", "pipeline.main", "--input", os.path.join(a.corpus, "*.*"), "--backend",
+              "tensorrt", "--engine", a.engine, "--min_batch_size", str(a.batch),
+              "--max_batch_size", str(a.batch)] + list(a.pipeline_args or [])
+    runs = {}
+    for name, extra in (("e2e_gpu", ["--preprocess", "gpu"]),
+                        ("e2e_cpu", ["--preprocess", "cpu"])):
+        runs[name] = _timed_child(common + extra + ["--output", f"/tmp/bench-{name}"])
+    if a.stock_engine:
+        runs["stock_beam"] = _timed_child(["-m", "pipeline.stock_baseline", "--input",
+                                           os.path.join(a.corpus, "*.*"), "--engine",
+                                           a.stock_engine, "--batch", str(a.batch)])
+    record["runs"] = runs
+    record["e2e_gpu_images_per_s"] = runs["e2e_gpu"]["images_per_s"]
+    record["e2e_cpu_images_per_s"] = runs["e2e_cpu"]["images_per_s"]
+    record["stock_beam_images_per_s"] = runs.get("stock_beam", {}).get("images_per_s")
+    record["gpu_util_mean_gpu_path"] = runs["e2e_gpu"].get("gpu_util_mean")
+    with open(a.json, "w") as f:
+        json.dump(record, f, indent=2)
+    rows = [("engine alone, host->host", record["engine_images_per_s"], None, None),
+            ("engine alone, GPU only", record["engine_gpu_only_images_per_s"], None, None),
+            ("DALI preprocessing alone", record["gpu_preprocess_images_per_s"], None, None)]
+    for name, r in runs.items():
+        rows.append((name, r["images_per_s"], r.get("gpu_util_mean"), r.get("cpu_percent")))
+    print(f"| {a.corpus_name} ({len(files)} images, batch {a.batch}, {gpu_name}) | images/s "
+          "| GPU util % | CPU % |\n| --- | --- | --- | --- |")
+    for name, ips, util, cpu in rows:
+        print(f"| {name} | {_fmt(ips, digits=1)} | {_fmt(util, digits=1)} | "
+              f"{_fmt(cpu, digits=0)} |")
+    return 0 if all(r["returncode"] == 0 for r in runs.values()) else 3
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +233,19 @@ def make_parser() -> argparse.ArgumentParser:
     rep.add_argument("--png")
     rep.add_argument("--title")
     rep.set_defaults(fn=cmd_report)
+    pl = sub.add_parser("pipeline", help="engine, DALI, end to end (gpu, cpu) and stock Beam "
+                                         "over one corpus -> table + JSON")
+    pl.add_argument("--engine", required=True, help="TensorRT plan (dynamic batch)")
+    pl.add_argument("--stock_engine", help="the same model with a fixed batch of --batch, "
+                                           "for Beam's stock TensorRTEngineHandlerNumPy")
+    pl.add_argument("--corpus", required=True, help="folder from scripts/make_corpus.py")
+    pl.add_argument("--corpus_name", required=True)
+    pl.add_argument("--batch", type=int, default=32)
+    pl.add_argument("--json", required=True)
+    pl.add_argument("--pipeline_args", nargs=argparse.REMAINDER,
+                    help="extra flags for both end-to-end runs (e.g. --direct_num_workers=16 "
+                         "--direct_running_mode=multi_processing)")
+    pl.set_defaults(fn=cmd_pipeline)
     return p
 
 

@@ -5,6 +5,8 @@
 #   trt steps (after ../shared/gpu/pack-trt is unpacked): wheels export build-fp32 build-fp16 test bench pipeline
 #   (wheels: install .whl/ from scripts/gpu_wheels.sh, carried with the run as ".whl")
 #   ort step  (after ../shared/gpu/pack is unpacked):     ort
+#   GPU preprocessing (pack-trt with nvidia-dali-cuda120 nvidia-ml-py):
+#     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/btw; ENG=$W/engines; mkdir -p "$ENG"
@@ -51,6 +53,27 @@ for step in "$@"; do
           --engine "$ENG/open_nsfw.fp16.plan" $mode 2>&1 | grep summary | sed "s|^|[${mode:-in-process}] |" \
           | tee -a "$OUT/pipeline.log"
       done ;;
+    corpus)       # both benchmark corpora, 10,000 photos each, generated here (16 cores)
+      for c in imagenet uploads; do
+        [ -f $W/corpus-$c/corpus.json ] || "$SYS_PY" scripts/make_corpus.py --profile $c \
+          --count ${CORPUS_COUNT:-10000} --output $W/corpus-$c | tee "$OUT/corpus-$c.json"
+      done ;;
+    build-nsfw)   # open_nsfw fp16: dynamic 1/32/64 for us, fixed 32 for Beam's stock handler
+      trt_env
+      NSFW=$(python -c "from transforms.runtime.storage import bundled_model_path as b; print(b('bundled://open_nsfw'))")
+      [ -f $ENG/nsfw-b64.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64.fp16.plan \
+        --fp16 --opt_batch 32 --max_batch 64 2>&1 | tail -2 | tee "$OUT/build-nsfw.log"
+      [ -f $ENG/nsfw-fixed32.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-fixed32.fp16.plan \
+        --fp16 --min_batch 32 --opt_batch 32 --max_batch 32 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log" ;;
+    dali-test)
+      trt_env
+      REPORT_DIR=$OUT TRT_ENGINE_DIR=$ENG python -m pytest -m gpu -ra -q -p no:cacheprovider \
+        tests/gpu/test_dali_gpu.py 2>&1 | tee "$OUT/pytest-dali.log" | tail -25 ;;
+    bench-imagenet|bench-uploads)
+      trt_env; c=${step#bench-}
+      python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
+        --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c --corpus_name $c \
+        --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-h100-$c.json" 2>&1 | tail -12 ;;
     ort)
       . /tmp/gpu-env.sh
       python3 -m pytest -m gpu -ra -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-ort.log" | tail -25

@@ -138,3 +138,74 @@ def device_name() -> str:
         return f"{name} (sm_{cc.replace('.', '')})"
     except Exception:  # noqa: BLE001 - CPU-only machines
         return f"CPU: {platform.processor() or platform.machine()}"
+
+
+def bench_dali(files: Sequence[bytes], spec: Any, batch: int, passes: int = 3,
+               options: Any = None) -> Dict[str, Any]:
+    """DALI alone: encoded files -> the spec's tensors in a device buffer, batch by batch,
+    synchronized per batch; the median images/s over ``passes`` passes of all files."""
+    from transforms.runtime import cuda
+    from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor
+
+    pre = DaliPreprocessor(spec, batch, options or DaliOptions())
+    row = int(np.prod(spec.input_shape(1)[1:])) * np.dtype(spec.input_dtype).itemsize
+    dst, stream = cuda.DeviceBuffer(row * batch), cuda.Stream()
+    arrays = [np.frombuffer(f, np.uint8) for f in files]
+    try:
+        pre.to_device(arrays[:batch], dst.ptr, stream.handle)     # warm-up
+        stream.synchronize()
+        rates = []
+        for _ in range(passes):
+            start = time.perf_counter()
+            for lo in range(0, len(arrays), batch):
+                pre.to_device(arrays[lo:lo + batch], dst.ptr, stream.handle)
+                stream.synchronize()
+            rates.append(len(arrays) / (time.perf_counter() - start))
+    finally:
+        dst.free()
+        stream.free()
+    return {"images": len(arrays), "batch": batch, "passes": passes,
+            "images_per_s": statistics.median(rates), "images_per_s_all": rates}
+
+
+class GpuSampler:
+    """Samples GPU utilisation and memory with NVML (nvidia-ml-py) every ``period_s`` in a
+    thread; ``summary()`` gives the mean and max. Without NVML it reports nothing."""
+
+    def __init__(self, device: int = 0, period_s: float = 0.05) -> None:
+        import threading
+
+        self._device, self._period = device, period_s
+        self._util: List[float] = []
+        self._mem: List[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.error: Optional[str] = None
+
+    def _loop(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(self._device)
+            while not self._stop.is_set():
+                self._util.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                self._mem.append(pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20)
+                self._stop.wait(self._period)
+        except Exception as exc:  # noqa: BLE001 - NVML missing or no GPU: report why
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def __enter__(self) -> "GpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def summary(self) -> Dict[str, Any]:
+        if not self._util:
+            return {"gpu_util_mean": None, "gpu_util_max": None, "gpu_mem_max_mib": None,
+                    "nvml_error": self.error}
+        return {"gpu_util_mean": statistics.mean(self._util), "gpu_util_max": max(self._util),
+                "gpu_mem_max_mib": max(self._mem), "samples": len(self._util)}
