@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import platform
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -181,16 +182,19 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     dali = bench_dali(jpegs, OPEN_NSFW_SPEC, a.batch)
     record["gpu_preprocess"] = dali
     record["gpu_preprocess_images_per_s"] = dali["images_per_s"]
-    common = ["-m", "pipeline.main", "--input", os.path.join(a.corpus, "*.*"), "--backend",
+    images = os.path.join(a.corpus, f"{a.corpus_name}-*")    # make_corpus.py's file names
+    common = ["-m", "pipeline.main", "--input", images, "--backend",
               "tensorrt", "--engine", a.engine, "--min_batch_size", str(a.batch),
               "--max_batch_size", str(a.batch)] + list(a.pipeline_args or [])
     runs = {}
     for name, extra in (("e2e_gpu", ["--preprocess", "gpu"]),
                         ("e2e_cpu", ["--preprocess", "cpu"])):
-        runs[name] = _timed_child(common + extra + ["--output", f"/tmp/bench-{name}"])
+        # a fresh output prefix each time: an earlier run's predictions would be skipped
+        runs[name] = _timed_child(common + extra + ["--output", tempfile.mkdtemp(
+            prefix=f"bench-{name}-")])
     if a.stock_engine:
         runs["stock_beam"] = _timed_child(["-m", "pipeline.stock_baseline", "--input",
-                                           os.path.join(a.corpus, "*.*"), "--engine",
+                                           images, "--engine",
                                            a.stock_engine, "--batch", str(a.batch)])
     record["runs"] = runs
     record["e2e_gpu_images_per_s"] = runs["e2e_gpu"]["images_per_s"]

@@ -60,9 +60,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     with beam.Pipeline(argv=beam_args) as pipe:
         read = pipe | ReadImages((a.input,), None, limits, ())
-        tensors = (read.images
-                   | beam.ParDo(DecodeImage(spec, limits)).with_outputs(DEAD_LETTER, main="ok").ok
-                   | beam.ParDo(Preprocess(spec)).with_outputs(DEAD_LETTER, main="ok").ok
+        decoded = read.images | beam.ParDo(DecodeImage(spec, limits)).with_outputs(
+            DEAD_LETTER, main="ok")
+        tensors = decoded.ok | beam.ParDo(Preprocess(spec)).with_outputs(DEAD_LETTER, main="ok")
+        tensors = (tensors.ok
                    | beam.Map(lambda item: item.payload)
                    | beam.BatchElements(min_batch_size=a.batch, max_batch_size=a.batch)
                    | beam.ParDo(_PadToBatch(a.batch)))

@@ -15,6 +15,7 @@ fail a whole batch, or crash, on bytes that are not an image.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 from typing import Any, List, Sequence, Tuple
@@ -96,8 +97,11 @@ class DaliPreprocessor:
                       prefetch_queue_depth=1)
         def graph():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, batch=True)
+            # fancy upsampling: chroma the way libjpeg-turbo (Pillow) upsamples it; without
+            # it open_nsfw's scores moved by up to 0.075 against the CPU path
             img = fn.decoders.image(encoded, device="mixed", output_type=types.RGB,
-                                    hw_decoder_load=options.hw_decoder_load)
+                                    hw_decoder_load=options.hw_decoder_load,
+                                    jpeg_fancy_upsampling=True)
             if spec.resize_policy == "exact":
                 img = fn.resize(img, resize_x=rw, resize_y=rh, interp_type=interp,
                                 antialias=True)
@@ -136,12 +140,14 @@ class DaliPreprocessor:
         (out,) = self._pipe.run()
         return out
 
-    def to_device(self, encoded: Sequence[np.ndarray], dst_ptr: int, stream: int) -> None:
+    def to_device(self, encoded: Sequence[np.ndarray], dst_ptr: int, stream: Any) -> None:
         """Preprocess a batch into ``dst_ptr`` (a device buffer of at least n rows), ordered
         on the CUDA ``stream`` the engine then runs on: no host round trip."""
         with self._lock:
             out = self._run(encoded)
-            out.as_tensor().copy_to_external(dst_ptr, cuda_stream=stream, non_blocking=True)
+            out.as_tensor().copy_to_external(ctypes.c_void_p(int(dst_ptr)),
+                                             cuda_stream=ctypes.c_void_p(int(stream)),
+                                             non_blocking=True)
 
     def to_host(self, encoded: Sequence[np.ndarray]) -> np.ndarray:
         """The same batch as a numpy array (tests and the benchmark's preprocessing row)."""
