@@ -132,12 +132,14 @@ def _infer(pcoll: beam.PCollection, label: str, handler: NumpyModelHandler, cfg:
 
 
 def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
-                   handler: Optional[NumpyModelHandler] = None) -> Dict[str, Any]:
+                   handler: Optional[NumpyModelHandler] = None,
+                   gpu_handler: Optional[NumpyModelHandler] = None) -> Dict[str, Any]:
     """Read -> (route) -> decode -> preprocess -> RunInference -> postprocess -> write.
 
     With ``cfg.preprocess == "gpu"`` plain JPEGs go as encoded bytes to a TensorRT runner
     fed by DALI; everything else, and any file DALI fails on alone, takes the Pillow path
-    to a second handler on the same plan. Returns the main PCollections for tests.
+    to a second handler on the same plan. ``handler`` and ``gpu_handler`` replace the
+    configured ones (tests, profiling). Returns the main PCollections for tests.
     """
     handler = handler or make_handler(cfg)
     skip = (cfg.output,) + tuple(x for x in cfg.skip_scored if x != cfg.output)
@@ -148,7 +150,7 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
     if cfg.preprocess == "gpu":
         routed = read.images | "RouteForGpu" >> beam.ParDo(
             RouteForGpu(cfg.spec, cfg.limits)).with_outputs(DEAD_LETTER, CPU_PATH, main="gpu")
-        gpu_handler = NumpyModelHandler(
+        gpu_handler = gpu_handler or NumpyModelHandler(
             TrtDaliLoader(make_loader(cfg), cfg.spec, cfg.dali),
             min_batch_size=cfg.min_batch_size, max_batch_size=cfg.max_batch_size,
             model_copies=cfg.model_copies)
