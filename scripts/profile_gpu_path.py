@@ -33,7 +33,6 @@ from pipeline.config import RunConfig  # noqa: E402
 from transforms.handlers.model_handler import NumpyModelHandler  # noqa: E402
 from transforms.runtime.runner import Feeds, Runner, RunnerInfo, TensorInfo  # noqa: E402
 from transforms.runtime.tensorrt.gpu_runner import ENCODED, GPU_OK  # noqa: E402
-from transforms.spec import OPEN_NSFW_SPEC  # noqa: E402
 
 
 class ZeroRunner(Runner):
