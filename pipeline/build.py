@@ -45,7 +45,7 @@ def make_loader(cfg: RunConfig) -> Loader:
             onnx_uri=cfg.model if cfg.engine_cache else None, precision=cfg.trt_precision,
             profile=cfg.trt_profile, optimization_level=cfg.trt_optimization_level,
             input_name=spec.input_name, input_dtype=spec.input_dtype,
-            example_shape=spec.input_shape(1)[1:])
+            example_shape=spec.input_shape(1)[1:], device=cfg.gpu_device)
     return onnx_loader(cfg)
 
 

@@ -47,6 +47,7 @@ class RunConfig:
     # "cpu" (Pillow) or "gpu" (DALI); options resolve --preprocess auto before this.
     preprocess: str = "cpu"
     dali: DaliOptions = field(default_factory=DaliOptions)
+    gpu_device: Optional[int] = None    # None: round-robin over the visible GPUs
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -89,6 +90,11 @@ class RunConfig:
         if self.model_copies is not None:
             _positive("--model_copies", self.model_copies)
         _choice("--preprocess", self.preprocess, PREPROCESS_PATHS)
+        if self.gpu_device is not None and (isinstance(self.gpu_device, bool)
+                                            or not isinstance(self.gpu_device, int)
+                                            or self.gpu_device < 0):
+            raise ConfigError(f"--gpu_device: expected a device index >= 0, got "
+                              f"{self.gpu_device!r}")
         if self.preprocess == "gpu" and self.backend != "tensorrt":
             raise ConfigError("--preprocess gpu: expected --backend tensorrt (the ONNX Runtime "
                               f"GPU path is not built yet), got --backend {self.backend}")

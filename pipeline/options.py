@@ -127,6 +127,10 @@ class InferenceOptions(PipelineOptions):
                        default=DaliOptions.hw_decoder_load,
                        help="Share of JPEGs sent to the GPU's hardware decoders (0-1); the "
                             "rest use nvJPEG's CUDA decoder.")
+        g.add_argument("--gpu_device", type=int, default=None,
+                       help="Put every engine on this GPU. Default: each model copy takes the "
+                            "next visible GPU in turn (round-robin across the worker's "
+                            "processes), so multi-GPU workers use all of them.")
         g.add_argument("--dali_threads", type=int, default=DaliOptions.threads,
                        help="DALI's CPU worker threads (parsing and the CPU share of decode).")
 
@@ -186,6 +190,7 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         run_id=opts.run_id or new_run_id(),
         preprocess=resolve_preprocess(opts.preprocess, opts.backend),
         dali=_dali_options(opts),
+        gpu_device=opts.gpu_device,
     )
 
 

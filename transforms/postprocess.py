@@ -57,6 +57,7 @@ class Prediction:
     preprocess_ms: float
     inference_ms: float
     postprocess_ms: float
+    device: str = ""
 
     def to_record(self) -> Dict[str, Any]:
         return {
@@ -115,6 +116,7 @@ class Postprocess(beam.DoFn):
             model_sha256=batch.model_sha256 if batch else "", backend=self._backend,
             preprocess=self._preprocess,
             batch_id=batch.batch_id if batch else "", batch_size=batch.size if batch else 0,
+            device=batch.device if batch else "",
             decode_ms=key.timings.get("decode", 0.0),
             preprocess_ms=key.timings.get("preprocess", 0.0),
             inference_ms=batch.ms if batch else 0.0,

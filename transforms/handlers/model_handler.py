@@ -49,6 +49,7 @@ class BatchFacts:
     size: int
     ms: float
     model_sha256: str
+    device: str = ""
 
 
 class Loader:
@@ -102,7 +103,7 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
         """Results in input order, each row a copy the caller owns, plus the batch's facts."""
         self.validate_inference_args(inference_args)
         if not batch:
-            return [], BatchFacts("", 0, 0.0, "")
+            return [], BatchFacts("", 0, 0.0, "", "")
         start = time.perf_counter()
         n = len(batch)
         try:
@@ -118,7 +119,7 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
         results = [PredictionResult(ex, row[names[0]] if len(names) == 1 else row,
                                     info.model_uri)
                    for ex, row in zip(batch, split_rows(merged, n))]
-        return results, BatchFacts(batch_id, n, ms, info.sha256)
+        return results, BatchFacts(batch_id, n, ms, info.sha256, info.device)
 
     def run_inference(self, batch: Sequence[Any], model: Runner,
                       inference_args: Optional[Dict[str, Any]] = None

@@ -140,6 +140,21 @@ def memcpy_dtoh_async(dst: np.ndarray, src: DeviceBuffer, stream: Stream) -> Non
           "cudaMemcpyAsync(DeviceToHost)")
 
 
+def device_count() -> int:
+    """GPUs this process can see (after CUDA_VISIBLE_DEVICES)."""
+    return int(check(cudart().cudaGetDeviceCount(), "cudaGetDeviceCount"))
+
+
+def set_device(device: int) -> None:
+    """Make ``device`` current for the calling thread: CUDA's current device is per thread,
+    so every thread that touches a runner's buffers or stream sets it first."""
+    check(cudart().cudaSetDevice(device), f"cudaSetDevice({device})")
+
+
+def current_device() -> int:
+    return int(check(cudart().cudaGetDevice(), "cudaGetDevice"))
+
+
 def device_info(device: int = 0) -> Tuple[str, str]:
     """(GPU name, compute capability 'major.minor') of ``device``."""
     rt = cudart()

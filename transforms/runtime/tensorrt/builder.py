@@ -165,7 +165,7 @@ def _apply_tactics(trt: Any, config: Any, spec: str) -> None:
 
 def build(opts: BuildOptions) -> Tuple[bytes, Sidecar, Optional[bytes]]:
     """Build the plan; returns (plan, sidecar, serialized timing cache or None)."""
-    from transforms.runtime.cuda import device_info
+    from transforms.runtime.cuda import current_device, device_info
 
     trt = trt_module()
     onnx_bytes = read_bytes(opts.onnx, "ONNX model")
@@ -224,7 +224,7 @@ def build(opts: BuildOptions) -> Tuple[bytes, Sidecar, Optional[bytes]]:
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
         raise BuildError(f"{opts.onnx}: the fresh plan does not deserialize")
-    gpu_name, cc = device_info(0)
+    gpu_name, cc = device_info(current_device())   # the device placement made current
     builder_info = {k: v for k, v in asdict(opts).items() if k not in ("onnx", "output")}
     builder_info["build_seconds"] = round(seconds, 1)
     sidecar = Sidecar(tensorrt_version=trt.__version__, gpu_name=gpu_name,

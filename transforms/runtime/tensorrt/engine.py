@@ -91,10 +91,12 @@ class TrtEngine:
     serve one batch at a time.
     """
 
-    def __init__(self, plan: bytes, source: str = "<plan>") -> None:
+    def __init__(self, plan: bytes, source: str = "<plan>", device: int = 0) -> None:
         from transforms.runtime import cuda
 
         self._cuda = cuda
+        self.device = device
+        cuda.set_device(device)
         trt = trt_module()
         self.source = source
         self._lock = threading.Lock()
@@ -174,6 +176,7 @@ class TrtEngine:
         cuda = self._cuda
         with self._lock:
             self._check_open()
+            cuda.set_device(self.device)     # the calling thread's current device
             self._check_inputs(feeds)
             for t in self.inputs:
                 arr = np.ascontiguousarray(feeds[t.name])
@@ -190,6 +193,7 @@ class TrtEngine:
         ``fill(device_ptr, stream_handle)`` (GPU preprocessing): no host staging at all."""
         with self._lock:
             self._check_open()
+            self._cuda.set_device(self.device)
             if [t.name for t in self.inputs] != [name]:
                 raise InputMismatch(f"{self.source}: run_filled needs a single-input engine "
                                     f"with input '{name}', it has {[t.name for t in self.inputs]}")
@@ -237,6 +241,8 @@ class TrtEngine:
     def close(self) -> None:
         """Free buffers, stream, events, context and engine; safe to call twice."""
         with self._lock:
+            if self._bindings or self._stream is not None:
+                self._cuda.set_device(self.device)
             for b in self._bindings.values():
                 for buf in (b.device, b.host):
                     if buf is not None:

@@ -13,7 +13,7 @@ bytes), so none is lost and none is scored twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -50,8 +50,10 @@ class TrtDaliLoader:
 
     def __call__(self) -> "TrtDaliRunner":
         runner = self.trt()
-        try:
-            pre = DaliPreprocessor(self.spec, runner.info().max_batch, self.dali)
+        info = runner.info()
+        try:   # DALI on the device placement chose for the engine
+            options = replace(self.dali, device_id=int(info.device.rsplit(":", 1)[1]))
+            pre = DaliPreprocessor(self.spec, info.max_batch, options)
         except Exception:
             runner.close()
             raise

@@ -64,6 +64,7 @@ class TrtLoader:
     input_name: Optional[str] = None
     input_dtype: Optional[str] = None
     example_shape: Optional[Tuple[int, ...]] = None
+    device: Optional[int] = None     # None: round-robin over the visible GPUs (placement.py)
 
     backend = "tensorrt"
 
@@ -84,22 +85,23 @@ class TrtLoader:
         sidecar = load_sidecar(self.engine_uri)
         return sidecar.opt_batch, sidecar.max_batch
 
-    def _from_cache(self) -> Tuple[bytes, Sidecar, str]:
+    def _from_cache(self, device: int) -> Tuple[bytes, Sidecar, str]:
         from transforms.runtime.tensorrt.cache import EngineCache, tensorrt_build
 
-        # The cache only returns plans whose sidecar matches this worker's TensorRT, GPU
+        # The cache only returns plans whose sidecar matches this device's TensorRT, GPU
         # and compute capability (EngineKey.mismatch), so no second runtime check here.
         cache = EngineCache(self.engine_cache,
                             tensorrt_build(optimization_level=self.optimization_level),
-                            runtime_identity)
+                            lambda: runtime_identity(device))
         got = cache.get_or_build(self.onnx_uri, self.precision, *self.profile)
         check_spec(got.sidecar, got.uri, self.input_name, self.input_dtype, self.example_shape)
         return got.plan, got.sidecar, got.uri
 
-    def _from_uri(self) -> Tuple[bytes, Sidecar, str]:
+    def _from_uri(self, device: int) -> Tuple[bytes, Sidecar, str]:
         sidecar = load_sidecar(self.engine_uri)
-        version, gpu, cc = runtime_identity()
-        sidecar.check_runtime(version, gpu, cc, source=sidecar_uri(self.engine_uri))
+        version, gpu, cc = runtime_identity(device)
+        sidecar.check_runtime(version, gpu, cc,
+                              source=f"{sidecar_uri(self.engine_uri)} on cuda:{device}")
         check_spec(sidecar, self.engine_uri, self.input_name, self.input_dtype,
                    self.example_shape)
         plan = read_bytes(self.engine_uri, "TensorRT plan")
@@ -107,10 +109,16 @@ class TrtLoader:
         return plan, sidecar, self.engine_uri
 
     def __call__(self) -> "TrtRunner":
-        from transforms.runtime.tensorrt.engine import TrtEngine
+        from transforms.runtime import cuda
+        from transforms.runtime.placement import choose_device
+        from transforms.runtime.tensorrt.engine import trt_module, TrtEngine
 
-        plan, sidecar, source = self._from_cache() if self.engine_cache else self._from_uri()
-        engine = TrtEngine(plan, source=source)
+        trt_module()                      # "tensorrt is not installed" before any CUDA call
+        device = choose_device(self.device)
+        cuda.set_device(device)
+        plan, sidecar, source = (self._from_cache(device) if self.engine_cache
+                                 else self._from_uri(device))
+        engine = TrtEngine(plan, source=f"{source} on cuda:{device}", device=device)
         declared = sorted((t.name, t.dtype) for t in sidecar.tensors)
         actual = sorted((t.name, t.dtype) for t in engine.tensors)
         if declared != actual:
@@ -131,7 +139,8 @@ class TrtRunner(Runner):
                        for t in sidecar.inputs)
         lo, opt, hi = sidecar.min_batch, sidecar.opt_batch, sidecar.max_batch
         self._info = RunnerInfo(
-            backend="tensorrt", model_uri=source, sha256=sha256, device="cuda:0",
+            backend="tensorrt", model_uri=source, sha256=sha256,
+            device=f"cuda:{getattr(engine, 'device', 0)}",
             inputs=inputs, outputs=tuple(t.name for t in sidecar.outputs),
             min_batch=lo, opt_batch=opt, max_batch=hi,
             details={"precision": sidecar.precision, "tensorrt": sidecar.tensorrt_version,

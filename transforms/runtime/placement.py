@@ -1,0 +1,62 @@
+"""Which GPU a model copy goes to: round-robin over the visible devices, or one named.
+
+Why a cross-process counter: Dataflow workers with 2, 4 or 8 GPUs run several SDK
+processes (or several ``model_copies`` in one process), and each one loads its own
+engine. Without placement every engine lands on device 0. The counter lives in a small
+file under the temp directory, guarded by an inter-process lock, so the k-th copy loaded
+on a VM goes to device k mod N whichever process loads it. ``--gpu_device N`` pins every
+copy to one device instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from typing import Callable, Optional
+
+_LOCAL = threading.Lock()
+COUNTER_FILE = os.path.join(tempfile.gettempdir(), "beam-trt-inference-gpu-round-robin")
+
+
+def _next_slot(path: str) -> int:
+    """A VM-wide counter: 0, 1, 2, ... across every process that calls it."""
+    try:
+        import fasteners
+    except ImportError:   # no lock library: still round-robin within this process
+        fasteners = None
+    with _LOCAL:
+        lock = fasteners.InterProcessLock(path + ".lock") if fasteners else None
+        if lock:
+            lock.acquire()
+        try:
+            try:
+                with open(path) as f:
+                    slot = int(f.read().strip() or 0)
+            except (FileNotFoundError, ValueError):
+                slot = 0
+            with open(path, "w") as f:
+                f.write(str(slot + 1))
+            return slot
+        finally:
+            if lock:
+                lock.release()
+
+
+def choose_device(requested: Optional[int] = None,
+                  count: Optional[Callable[[], int]] = None,
+                  counter_file: Optional[str] = None) -> int:
+    """The device for the next model copy: ``requested`` if given (checked against what is
+    visible), else round-robin over the visible devices."""
+    if count is None:
+        from transforms.runtime.cuda import device_count as count
+    visible = count()
+    if visible <= 0:
+        raise RuntimeError("no CUDA device is visible (check the driver and "
+                           "CUDA_VISIBLE_DEVICES)")
+    if requested is not None:
+        if not 0 <= requested < visible:
+            raise ValueError(f"--gpu_device: expected 0..{visible - 1} (the visible devices), "
+                             f"got {requested}")
+        return requested
+    return _next_slot(counter_file or COUNTER_FILE) % visible
