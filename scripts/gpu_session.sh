@@ -54,8 +54,9 @@ for step in "$@"; do
           | tee -a "$OUT/pipeline.log"
       done ;;
     corpus)       # both benchmark corpora, 10,000 photos each, generated here (16 cores)
-      for c in imagenet uploads; do
-        [ -f $W/corpus-$c/corpus.json ] || "$SYS_PY" scripts/make_corpus.py --profile $c \
+      trt_env
+      for c in ${CORPORA:-imagenet uploads}; do
+        [ -f $W/corpus-$c/corpus.json ] || python scripts/make_corpus.py --profile $c \
           --count ${CORPUS_COUNT:-10000} --output $W/corpus-$c | tee "$OUT/corpus-$c.json"
       done ;;
     build-nsfw)   # open_nsfw fp16: dynamic 1/32/64 for us, fixed 32 for Beam's stock handler
@@ -74,6 +75,11 @@ for step in "$@"; do
       python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
         --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c --corpus_name $c \
         --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-h100-$c.json" 2>&1 | tail -12 ;;
+    bench-sharing)  # the CPU path on all 16 cores: threads, processes, shared engine, pool ceiling
+      trt_env
+      python -m pipeline.benchmark sharing --engine $ENG/nsfw-b64.fp16.plan \
+        --corpus $W/corpus-imagenet --corpus_name imagenet --batch ${BENCH_BATCH:-32} \
+        --json "$OUT/pipeline-h100-imagenet-sharing.json" 2>&1 | tail -8 ;;
     ort)
       . /tmp/gpu-env.sh
       python3 -m pytest -m gpu -ra -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-ort.log" | tail -25
