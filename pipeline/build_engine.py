@@ -15,6 +15,7 @@ from transforms.runtime.storage import write_bytes
 from transforms.runtime.tensorrt.builder import (DEFAULT_TACTICS, BuildOptions, build,
                                                  parse_shapes)
 from transforms.runtime.tensorrt.sidecar import DEFAULT_PROFILE, Sidecar
+from transforms.spec import OPEN_NSFW_SPEC, ModelSpec
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing_cache", help="timing cache file: read if present, then updated")
     p.add_argument("--builder_optimization_level", type=int, default=None,
                    help="0-5 (TensorRT's default 3); lower builds much faster")
+    p.add_argument("--fold_spec",
+                   help="fold this model spec's normalisation into the plan (a spec JSON, or "
+                        "'open_nsfw' for the built-in one): the plan then takes uint8 NHWC "
+                        "RGB pixels, a quarter of float32's bytes on every copy")
     p.add_argument("--tactic_sources", default=DEFAULT_TACTICS,
                    help=f"trtexec syntax, e.g. '{DEFAULT_TACTICS}' (the default: those "
                         "libraries are optional in TensorRT 8.6+)")
@@ -54,7 +59,13 @@ def options_from_args(argv: Optional[Sequence[str]] = None) -> BuildOptions:
         max_shapes=parse_shapes(a.max_shapes, "--max_shapes"), fp16=a.fp16, tf32=a.tf32,
         workspace_gb=a.workspace_gb, timing_cache=a.timing_cache,
         builder_optimization_level=a.builder_optimization_level,
-        tactic_sources=a.tactic_sources)
+        tactic_sources=a.tactic_sources, fold_spec=_fold_spec(a.fold_spec))
+
+
+def _fold_spec(value: Optional[str]) -> Optional[ModelSpec]:
+    if value is None:
+        return None
+    return OPEN_NSFW_SPEC if value == "open_nsfw" else ModelSpec.from_json(value)
 
 
 def build_to_files(opts: BuildOptions) -> Sidecar:

@@ -19,7 +19,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.build import build_pipeline
 from pipeline.config import RunConfig
 from transforms.spec import ConfigError
-from pipeline.options import InferenceOptions, config_from_options, help_text, unknown_flags
+from pipeline.options import (InferenceOptions, apply_folded_engine, config_from_options,
+                              help_text, unknown_flags)
 from pipeline.preflight import preflight
 from transforms.runtime.errors import InputMismatch, ModelLoadError
 from transforms.io import BUNDLES, file_prefix, read_jsonl
@@ -80,7 +81,7 @@ def configure(argv: Sequence[str]) -> Tuple[PipelineOptions, RunConfig]:
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; see python -m pipeline.main --help")
     options = PipelineOptions(list(argv))
-    cfg = config_from_options(options.view_as(InferenceOptions))
+    cfg = apply_folded_engine(config_from_options(options.view_as(InferenceOptions)))
     preflight(options, cfg)
     return options, cfg
 

@@ -194,6 +194,25 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
     )
 
 
+def apply_folded_engine(cfg: RunConfig) -> RunConfig:
+    """A plan built with --fold_spec takes uint8 pixels: the run's spec must be the one it
+    folded, and the host then sends that spec's wire form (runtime/fold.py)."""
+    if cfg.backend != "tensorrt" or not cfg.engine:
+        return cfg
+    from transforms.runtime.fold import wire_spec
+    from transforms.runtime.tensorrt.runner import load_sidecar, sidecar_uri
+
+    folded = load_sidecar(cfg.engine).builder.get("folded_spec")
+    if folded is None:
+        return cfg
+    spec = ModelSpec.from_dict(folded, source=f"{sidecar_uri(cfg.engine)} folded_spec")
+    if spec != cfg.spec:
+        diffs = sorted(k for k, v in folded.items() if getattr(cfg.spec, k) != getattr(spec, k))
+        raise ConfigError(f"--engine {cfg.engine}: the plan folds the spec of model "
+                          f"'{spec.name}'; this run's spec differs in {diffs}")
+    return dataclasses.replace(cfg, spec=wire_spec(spec))
+
+
 def resolve_preprocess(choice: str, backend: str) -> str:
     """--preprocess auto: gpu when the engine runs on the GPU and DALI imports, else cpu."""
     if choice != "auto":

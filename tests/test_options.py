@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.spec import BUNDLED_OPEN_NSFW, OPEN_NSFW_SPEC
@@ -37,3 +38,34 @@ def test_unknown_flags_but_beam_flags_known():
 
 def test_help_mentions_beam():
     assert "Every Apache Beam / Dataflow flag" in " ".join(help_text().split())
+
+
+def test_a_folded_plan_switches_the_host_to_uint8_pixels(tmp_path):
+    """A plan built with --fold_spec: the run sends that spec's wire form, and a run with
+    another spec is refused, naming the fields that differ."""
+    import dataclasses
+    import json
+
+    from pipeline.options import apply_folded_engine
+    from tests.test_sidecar import sidecar
+    from transforms.runtime.fold import wire_spec
+    from transforms.spec import ConfigError
+
+    plan = tmp_path / "folded.plan"
+    plan.write_bytes(b"plan bytes")
+    (tmp_path / "folded.plan.json").write_text(
+        sidecar(builder={"folded_spec": OPEN_NSFW_SPEC.to_dict()}).to_json())
+    cfg = _cfg(["--input", "x/*", "--output", "o",
+                "--backend", "tensorrt", "--engine", str(plan), "--preprocess", "cpu"])
+    folded = apply_folded_engine(cfg)
+    assert folded.spec == wire_spec(OPEN_NSFW_SPEC) and folded.spec.input_dtype == "uint8"
+    other = dataclasses.replace(cfg, spec=dataclasses.replace(OPEN_NSFW_SPEC, mean=(1, 2, 3)))
+    with pytest.raises(ConfigError, match=r"folds the spec of model 'open_nsfw'; this run's "
+                                          r"spec differs in \['mean'\]"):
+        apply_folded_engine(other)
+    plain = tmp_path / "plain.plan"
+    plain.write_bytes(b"p")
+    (tmp_path / "plain.plan.json").write_text(sidecar().to_json())
+    cfg2 = dataclasses.replace(cfg, engine=str(plain))
+    assert apply_folded_engine(cfg2) is cfg2
+    assert json.loads((tmp_path / "folded.plan.json").read_text())["builder"]["folded_spec"]

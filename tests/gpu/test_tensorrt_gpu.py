@@ -298,3 +298,32 @@ def test_spec_mismatch_fails_before_deserializing(tiny_engine):
     plan, _ = tiny_engine
     with pytest.raises(InputMismatch, match=r"expected shape \[\?, 3, 8, 8\], the engine declares \[\?, 8, 8, 3\]"):
         TensorRTEngineHandler(str(plan), example_shape=(3, 8, 8)).load_model()
+
+
+def test_folded_plan_takes_uint8_and_scores_alike(trt, nsfw_engines, engine_dir, tmp_path, report):
+    """open_nsfw fp16 with its normalisation folded in (--fold_spec): the host sends uint8
+    pixels, and scores match the float plan's."""
+    from pipeline.main import run
+    from tests.gpu.conftest import build_cached
+    from transforms.io import read_jsonl
+    from transforms.runtime.storage import bundled_model_path
+    from transforms.spec import OPEN_NSFW_SPEC
+
+    plan = engine_dir / "open_nsfw.folded.fp16.plan"
+    build_cached(trt, Path(bundled_model_path("bundled://open_nsfw")), plan, engine_dir,
+                 min_batch=1, opt_batch=16, max_batch=32, fp16=True, fold_spec=OPEN_NSFW_SPEC)
+    side = json.loads(Path(str(plan) + ".json").read_text())
+    assert [t["dtype"] for t in side["tensors"] if t["mode"] == "input"] == ["uint8"]
+    common = ["--input", str(SAMPLES / "*.jpg"), "--input", str(SAMPLES / "*.png"),
+              "--backend", "tensorrt", "--preprocess", "cpu"]
+    s_f = run(common + ["--engine", str(plan), "--output", str(tmp_path / "folded")])
+    s_p = run(common + ["--engine", str(nsfw_engines["fp16"]), "--output", str(tmp_path / "p")])
+    assert s_f.ok == s_p.ok == 10
+    score = {}
+    for name in ("folded", "p"):
+        for p in read_jsonl(str(tmp_path / name / "predictions-*.jsonl")):
+            score.setdefault(p["uri"], {})[name] = next(
+                t["score"] for t in p["top_k"] if t["label"] == "nsfw")
+    diff = max(abs(v["folded"] - v["p"]) for v in score.values())
+    report["folded_vs_float_plan_open_nsfw_max_abs_diff"] = diff
+    assert diff <= 0.01

@@ -29,9 +29,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from transforms.runtime.fold import fold_normalisation
 from transforms.runtime.storage import read_bytes, sha256_hex
 from transforms.runtime.tensorrt.engine import CollectingLogger, tensor_specs, trt_module
 from transforms.runtime.tensorrt.sidecar import DEFAULT_PROFILE, Sidecar
+from transforms.spec import ModelSpec
 
 Shape = Tuple[int, ...]
 DEFAULT_TACTICS = "-CUBLAS,-CUBLAS_LT,-CUDNN"
@@ -128,6 +130,9 @@ class BuildOptions:
     timing_cache: Optional[str] = None
     builder_optimization_level: Optional[int] = None
     tactic_sources: str = DEFAULT_TACTICS
+    # Fold this spec's normalisation into the plan (runtime/fold.py): the plan then takes
+    # uint8 NHWC RGB pixels, and the sidecar records the spec under builder.folded_spec.
+    fold_spec: Optional[ModelSpec] = None
 
     def __post_init__(self) -> None:
         if self.workspace_gb <= 0:
@@ -169,6 +174,9 @@ def build(opts: BuildOptions) -> Tuple[bytes, Sidecar, Optional[bytes]]:
 
     trt = trt_module()
     onnx_bytes = read_bytes(opts.onnx, "ONNX model")
+    source_sha = sha256_hex(onnx_bytes)      # the cache key and the sidecar name the source
+    if opts.fold_spec is not None:
+        onnx_bytes = fold_normalisation(onnx_bytes, opts.fold_spec, opts.onnx)
     logger = CollectingLogger()
     builder = trt.Builder(logger)
     flags = 0
@@ -225,11 +233,14 @@ def build(opts: BuildOptions) -> Tuple[bytes, Sidecar, Optional[bytes]]:
     if engine is None:
         raise BuildError(f"{opts.onnx}: the fresh plan does not deserialize")
     gpu_name, cc = device_info(current_device())   # the device placement made current
-    builder_info = {k: v for k, v in asdict(opts).items() if k not in ("onnx", "output")}
+    builder_info = {k: v for k, v in asdict(opts).items()
+                    if k not in ("onnx", "output", "fold_spec")}
+    if opts.fold_spec is not None:
+        builder_info["folded_spec"] = opts.fold_spec.to_dict()
     builder_info["build_seconds"] = round(seconds, 1)
     sidecar = Sidecar(tensorrt_version=trt.__version__, gpu_name=gpu_name,
                       compute_capability=cc, tensors=tensor_specs(engine),
-                      precision=opts.precision, onnx_sha256=sha256_hex(onnx_bytes),
+                      precision=opts.precision, onnx_sha256=source_sha,
                       plan_sha256=sha256_hex(plan), builder=builder_info)
     del engine
     timing = bytes(config.get_timing_cache().serialize()) if opts.timing_cache else None
