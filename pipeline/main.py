@@ -81,8 +81,9 @@ def configure(argv: Sequence[str]) -> Tuple[PipelineOptions, RunConfig]:
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; see python -m pipeline.main --help")
     options = PipelineOptions(list(argv))
-    cfg = apply_folded_engine(config_from_options(options.view_as(InferenceOptions)))
+    cfg = config_from_options(options.view_as(InferenceOptions))
     preflight(options, cfg)
+    cfg = apply_folded_engine(cfg)
     return options, cfg
 
 
