@@ -1,12 +1,14 @@
-"""Where a --preprocess gpu run spends its CPU time, on any machine (no GPU needed).
+"""Where a run spends its host CPU time, per stage, on any machine (no GPU needed).
 
-The DALI + TensorRT runner is replaced by one that returns zeros at once, so what is
-measured is everything else the GPU path costs on the host: reading, routing (header and
-JPEG-structure checks), Beam's per-element work, batching, postprocessing, writing. It is
-the ceiling of end-to-end images/s for the GPU path on this runner, whatever the GPU.
+The model is replaced by a runner that returns zeros at once, so what is measured is
+everything else a run costs on the host: reading, the anti-join, routing (GPU path) or
+decoding and preprocessing (CPU path), Beam's per-element work, batching, postprocessing,
+writing. With --preprocess gpu it is the ceiling of end-to-end images/s of the GPU path
+on this runner, whatever the GPU.
 
     python scripts/make_corpus.py --profile imagenet --count 3000 --output /tmp/corpus
-    python scripts/profile_gpu_path.py /tmp/corpus 'imagenet-*' --top 25
+    python scripts/profile_gpu_path.py /tmp/corpus 'imagenet-*' --stages
+    python scripts/profile_gpu_path.py /tmp/corpus 'imagenet-*' --preprocess cpu --stages
 """
 
 from __future__ import annotations
@@ -36,32 +38,69 @@ from transforms.runtime.tensorrt.gpu_runner import ENCODED, GPU_OK  # noqa: E402
 
 
 class ZeroRunner(Runner):
-    """Encoded files in, open_nsfw-shaped zeros out, instantly: the GPU taken as free."""
+    """Encoded files (GPU path) or open_nsfw tensors (CPU path) in, zeros out, instantly."""
 
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, encoded: bool) -> None:
         super().__init__()
-        self._info = RunnerInfo("tensorrt", "zero://", "0" * 64, "none",
-                                (TensorInfo(ENCODED, "encoded", ()),), ("prob", GPU_OK),
+        inputs = ((TensorInfo(ENCODED, "encoded", ()),) if encoded else
+                  (TensorInfo("input", "float32", (224, 224, 3)),))
+        outputs = ("prob", GPU_OK) if encoded else ("prob",)
+        self._info = RunnerInfo("tensorrt", "zero://", "0" * 64, "none", inputs, outputs,
                                 1, max_batch, max_batch)
 
     def info(self) -> RunnerInfo:
         return self._info
 
     def infer(self, feeds: Feeds) -> Feeds:
-        n = len(feeds[ENCODED])
-        return {"prob": np.full((n, 2), 0.5, np.float32), GPU_OK: np.ones(n, bool)}
+        n = len(next(iter(feeds.values())))
+        out = {"prob": np.full((n, 2), 0.5, np.float32)}
+        if GPU_OK in self._info.outputs:
+            out[GPU_OK] = np.ones(n, bool)
+        return out
 
 
 @dataclass(frozen=True)
 class ZeroLoader:
     batch: int
+    encoded: bool = True
     backend = "tensorrt"
 
     def __call__(self) -> ZeroRunner:
-        return ZeroRunner(self.batch)
+        return ZeroRunner(self.batch, self.encoded)
 
     def batch_bounds(self) -> Tuple[int, int]:
         return self.batch, self.batch
+
+
+# Stage -> the entry points whose cumulative time is that stage's cost.
+STAGES = {
+    "read (match + ReadBytes)": [("transforms/io.py", "apply"), ("fileio.py", "process")],
+    "anti-join (scored URIs)": [("transforms/io.py", "process")],
+    "route (header + JPEG structure)": [("transforms/gpu_route.py", "process")],
+    "decode (Pillow)": [("transforms/decode.py", "apply")],
+    "preprocess (Pillow)": [("transforms/preprocess.py", "apply")],
+    "inference (handler + runner)": [("model_handler.py", "run_batch")],
+    "postprocess": [("transforms/postprocess.py", "process")],
+    "bundle metrics": [("transforms/metrics.py", "process"),
+                       ("transforms/metrics.py", "finish_bundle")],
+    "write (file sinks)": [("apache_beam/io/iobase.py", "process"),
+                           ("apache_beam/io/filebasedsink.py", "write_record")],
+}
+
+
+def stage_table(stats: pstats.Stats, wall: float, n: int) -> None:
+    """Cumulative time of each stage's entry points; the rest is Beam's own work."""
+    rows, total = [], 0.0
+    for stage, keys in STAGES.items():
+        t = sum(v[3] for (f, _, name), v in stats.stats.items()
+                if any(f.endswith(k) or k in f for k, fn in keys for _ in [0]
+                       if name == fn and k in f))
+        rows.append((stage, t))
+        total += t
+    rows.append(("Beam's runner, batching, shuffles and the rest", max(0.0, wall - total)))
+    print("| stage | ms per image | share |\n| --- | --- | --- |")
+    for stage, t in rows:
+        print(f"| {stage} | {1000 * t / n:.3f} | {100 * t / wall:.0f}% |")
 
 
 def _group(filename: str) -> str:
@@ -79,14 +118,16 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--no_profile", action="store_true", help="time only (cProfile adds ~40%%)")
+    p.add_argument("--preprocess", choices=("gpu", "cpu"), default="gpu")
+    p.add_argument("--stages", action="store_true", help="print the per-stage table")
     a = p.parse_args()
     out = tempfile.mkdtemp(prefix="profile-gpu-path-")
     cfg = RunConfig(output=out, inputs=(os.path.join(a.corpus, a.pattern),), backend="tensorrt",
-                    engine="unused.plan", preprocess="gpu", run_id="profile",
+                    engine="unused.plan", preprocess=a.preprocess, run_id="profile",
                     min_batch_size=a.batch, max_batch_size=a.batch)
     pipe = beam.Pipeline()
-    build_pipeline(pipe, cfg, gpu_handler=NumpyModelHandler(ZeroLoader(a.batch)),
-                   handler=NumpyModelHandler(ZeroLoader(a.batch)))
+    build_pipeline(pipe, cfg, gpu_handler=NumpyModelHandler(ZeroLoader(a.batch, True)),
+                   handler=NumpyModelHandler(ZeroLoader(a.batch, False)))
     prof = cProfile.Profile()
     start = time.perf_counter()
     if not a.no_profile:
@@ -101,6 +142,9 @@ def main() -> int:
     if a.no_profile:
         return 0
     stats = pstats.Stats(prof)
+    if a.stages:
+        stage_table(stats, wall, n)
+        return 0
     groups = defaultdict(float)
     for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():
         groups[_group(filename)] += tottime
