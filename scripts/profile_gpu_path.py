@@ -120,12 +120,18 @@ def main() -> int:
     p.add_argument("--no_profile", action="store_true", help="time only (cProfile adds ~40%%)")
     p.add_argument("--preprocess", choices=("gpu", "cpu"), default="gpu")
     p.add_argument("--stages", action="store_true", help="print the per-stage table")
+    p.add_argument("--pipeline_args", nargs=argparse.REMAINDER, default=[],
+                   help="runner flags, e.g. --direct_num_workers=2 "
+                        "--direct_running_mode=multi_processing (timing only: cProfile "
+                        "sees the launcher, not the workers)")
     a = p.parse_args()
     out = tempfile.mkdtemp(prefix="profile-gpu-path-")
     cfg = RunConfig(output=out, inputs=(os.path.join(a.corpus, a.pattern),), backend="tensorrt",
                     engine="unused.plan", preprocess=a.preprocess, run_id="profile",
                     min_batch_size=a.batch, max_batch_size=a.batch)
-    pipe = beam.Pipeline()
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    pipe = beam.Pipeline(options=PipelineOptions(a.pipeline_args))
     build_pipeline(pipe, cfg, gpu_handler=NumpyModelHandler(ZeroLoader(a.batch, True)),
                    handler=NumpyModelHandler(ZeroLoader(a.batch, False)))
     prof = cProfile.Profile()
@@ -135,8 +141,8 @@ def main() -> int:
     pipe.run().wait_until_finish()
     prof.disable()
     wall = time.perf_counter() - start
-    n = sum(1 for _ in open(next(os.path.join(out, f) for f in os.listdir(out)
-                                 if f.startswith("predictions-"))))
+    n = sum(1 for f in os.listdir(out) if f.startswith("predictions-")
+            for _ in open(os.path.join(out, f)))
     print(f"{n} images in {wall:.2f} s{'' if a.no_profile else ' under cProfile'}: "
           f"{n / wall:.0f} images/s ({1000 * wall / n:.2f} ms of host time per image)")
     if a.no_profile:
