@@ -65,7 +65,9 @@ for step in "$@"; do
       [ -f $ENG/nsfw-b64.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64.fp16.plan \
         --fp16 --opt_batch 32 --max_batch 64 2>&1 | tail -2 | tee "$OUT/build-nsfw.log"
       [ -f $ENG/nsfw-fixed32.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-fixed32.fp16.plan \
-        --fp16 --min_batch 32 --opt_batch 32 --max_batch 32 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log" ;;
+        --fp16 --min_batch 32 --opt_batch 32 --max_batch 32 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log"
+      [ -f $ENG/nsfw-b64-folded.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64-folded.fp16.plan \
+        --fp16 --opt_batch 32 --max_batch 64 --fold_spec open_nsfw 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log" ;;
     dali-test)
       trt_env
       REPORT_DIR=$OUT TRT_ENGINE_DIR=$ENG python -m pytest -m gpu -ra -q -p no:cacheprovider \
@@ -75,11 +77,11 @@ for step in "$@"; do
       python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
         --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c --corpus_name $c \
         --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-h100-$c.json" 2>&1 | tail -12 ;;
-    bench-sharing)  # the CPU path on all 16 cores: threads, processes, shared engine, pool ceiling
-      trt_env
-      python -m pipeline.benchmark sharing --engine $ENG/nsfw-b64.fp16.plan \
+    bench-sharing|bench-sharing-folded)  # the CPU path on all 16 cores; folded: uint8 on the wire
+      trt_env; plan=nsfw-b64; [ $step = bench-sharing-folded ] && plan=nsfw-b64-folded
+      python -m pipeline.benchmark sharing --engine $ENG/$plan.fp16.plan \
         --corpus $W/corpus-imagenet --corpus_name imagenet --batch ${BENCH_BATCH:-32} \
-        --json "$OUT/pipeline-h100-imagenet-sharing.json" 2>&1 | tail -8 ;;
+        --json "$OUT/pipeline-h100-imagenet-${step#bench-}.json" 2>&1 | tail -8 ;;
     ort)
       . /tmp/gpu-env.sh
       python3 -m pytest -m gpu -ra -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-ort.log" | tail -25
