@@ -48,6 +48,9 @@ class RunConfig:
     preprocess: str = "cpu"
     dali: DaliOptions = field(default_factory=DaliOptions)
     gpu_device: Optional[int] = None    # None: round-robin over the visible GPUs
+    # The failure budget (pipeline/budget.py): over either limit, the run exits non-zero.
+    max_failed_fraction: float = 0.05
+    max_failed: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -90,6 +93,13 @@ class RunConfig:
         if self.model_copies is not None:
             _positive("--model_copies", self.model_copies)
         _choice("--preprocess", self.preprocess, PREPROCESS_PATHS)
+        if not (isinstance(self.max_failed_fraction, (int, float))
+                and 0.0 <= self.max_failed_fraction <= 1.0):
+            raise ConfigError(f"--max_failed_fraction: expected 0..1, got "
+                              f"{self.max_failed_fraction!r}")
+        if self.max_failed is not None and (not isinstance(self.max_failed, int)
+                                            or self.max_failed < 0):
+            raise ConfigError(f"--max_failed: expected a count >= 0, got {self.max_failed!r}")
         if self.gpu_device is not None and (isinstance(self.gpu_device, bool)
                                             or not isinstance(self.gpu_device, int)
                                             or self.gpu_device < 0):

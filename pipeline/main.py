@@ -16,16 +16,17 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipeline.budget import FailureBudgetExceeded, check_failure_budget
 from pipeline.build import build_pipeline
 from pipeline.config import RunConfig
-from transforms.spec import ConfigError
 from pipeline.options import (InferenceOptions, apply_folded_engine, config_from_options,
                               help_text, unknown_flags)
 from pipeline.preflight import preflight
-from transforms.runtime.errors import InputMismatch, ModelLoadError
-from transforms.io import BUNDLES, file_prefix, read_jsonl
+from transforms.io import BUNDLES, ERRORS, file_prefix, read_jsonl
 from transforms.metrics import percentile
 from transforms.records import METRICS_NAMESPACE
+from transforms.runtime.errors import InputMismatch, ModelLoadError
+from transforms.spec import ConfigError
 
 LOG = logging.getLogger("pipeline.main")
 LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
@@ -106,6 +107,8 @@ def run(argv: Optional[Sequence[str]] = None,
     result.wait_until_finish()
     summary = summarize(result, cfg, time.perf_counter() - start)
     print(summary.line(), flush=True)
+    check_failure_budget(summary.ok, summary.failed, cfg.max_failed_fraction, cfg.max_failed,
+                         file_prefix(cfg.output, ERRORS, cfg.run_id) + "-*.jsonl")
     return summary
 
 
@@ -126,6 +129,9 @@ def main() -> int:
     except (ConfigError, ModelLoadError, InputMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FailureBudgetExceeded as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

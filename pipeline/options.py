@@ -127,6 +127,12 @@ class InferenceOptions(PipelineOptions):
                        default=DaliOptions.hw_decoder_load,
                        help="Share of JPEGs sent to the GPU's hardware decoders (0-1); the "
                             "rest use nvJPEG's CUDA decoder.")
+        g.add_argument("--max_failed_fraction", type=float,
+                       default=_default("max_failed_fraction"),
+                       help="Fail the run (non-zero exit, after every output is written) when "
+                            "more than this fraction of images became dead letters.")
+        g.add_argument("--max_failed", type=int, default=None,
+                       help="Also fail the run when more than this many images failed.")
         g.add_argument("--gpu_device", type=int, default=None,
                        help="Put every engine on this GPU. Default: each model copy takes the "
                             "next visible GPU in turn (round-robin across the worker's "
@@ -191,6 +197,8 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         preprocess=resolve_preprocess(opts.preprocess, opts.backend),
         dali=_dali_options(opts),
         gpu_device=opts.gpu_device,
+        max_failed_fraction=opts.max_failed_fraction,
+        max_failed=opts.max_failed,
     )
 
 

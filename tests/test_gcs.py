@@ -35,6 +35,7 @@ def test_pipeline_reads_and_writes_gcs(gcs_client, tmp_path):
     missing = "gs://bucket/more/missing.jpg"
     manifest = _upload(bucket, "manifest.txt", "\n".join(listed + [missing]).encode())
     summary = run(["--input", "gs://bucket/images/*", "--input_list", manifest,
+                   "--max_failed_fraction", "1",
                    "--output", "gs://bucket/out/"])
     assert summary.ok == 5 and summary.failed == 1
     preds = _read_jsonl(bucket, "out/predictions-")

@@ -67,7 +67,7 @@ def test_bad_input_goes_to_dead_letters(tmp_path):
     images, manifest, good, missing = _bad_input_tree(tmp_path)
     out = tmp_path / "out"
     summary = run(["--input", str(images / "*"), "--input_list", str(manifest),
-                   "--output", str(out)])
+                   "--output", str(out), "--max_failed_fraction", "1"])
     preds = _records(out, "predictions")
     assert sorted(p["uri"] for p in preds) == sorted(good)  # each exactly once
     errors = {e["uri"]: e for e in _records(out, "errors")}
@@ -178,7 +178,8 @@ def test_hostile_files_beside_samples_in_one_run(tmp_path):
         (images / name).write_bytes(build())
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-c", _PEAK_RSS_RUN, "--input", str(images / "*"),
-                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           "--output", str(out), "--max_failed_fraction", "1"], cwd=ROOT,
+                          capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     preds = [p["uri"] for p in _records(out, "predictions")]
@@ -204,3 +205,32 @@ def test_model_copies_2_scores_every_image_with_the_real_sha(tmp_path):
     assert sorted(p["uri"] for p in preds) == sorted(str(p) for p in sample_paths())
     assert {p["model_sha256"] for p in preds} == {sha}
     assert not _records(out, "errors")
+
+
+def test_a_run_over_its_failure_budget_fails_after_writing_everything(tmp_path):
+    """Default budget 5%: 5 of 8 failed. The run raises with the counts, the errors path
+    and the commonest error types with an example each; every output is still written."""
+    import subprocess
+    import sys
+
+    from pipeline.budget import FailureBudgetExceeded
+    from tests.conftest import ROOT
+
+    images, manifest, good, missing = _bad_input_tree(tmp_path)
+    out = tmp_path / "out"
+    args = ["--input", str(images / "*"), "--input_list", str(manifest), "--output", str(out)]
+    with pytest.raises(FailureBudgetExceeded) as info:
+        run(args)
+    text = str(info.value)
+    assert "62.5% of images failed; expected at most 5.0% (--max_failed_fraction)" in text
+    assert "ok=3 failed=5" in text and str(out / "errors-") in text
+    assert "2 x read/" in text or "1 x read/" in text
+    assert "decode/UndecodableImage, e.g. " in text
+    assert len(_records(out, "predictions")) == 3 and len(_records(out, "errors")) == 5
+    with pytest.raises(FailureBudgetExceeded, match=r"5 images failed; expected at most 4 "
+                                                    r"\(--max_failed\)"):
+        run(args + ["--output", str(tmp_path / "o2"), "--max_failed_fraction", "1",
+                    "--max_failed", "4"])
+    cli = subprocess.run([sys.executable, "-m", "pipeline.main", *args, "--output",
+                          str(tmp_path / "o3")], cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == 3 and "error: failure budget exceeded" in cli.stderr

@@ -132,7 +132,8 @@ def test_bad_files_mixed_into_good_batches(dali, nsfw_engines, tmp_path):
         (images / name).write_bytes(data)
     out = tmp_path / "out"
     s = _run(["--input", str(images / "*"), "--backend", "tensorrt", "--engine",
-              str(nsfw_engines["fp32"]), "--preprocess", "gpu", "--min_batch_size", "16"], out)
+              str(nsfw_engines["fp32"]), "--preprocess", "gpu", "--min_batch_size", "16",
+              "--max_failed_fraction", "1"], out)
     from transforms.io import read_jsonl
 
     scored = sorted(Path(p["uri"]).name for p in read_jsonl(str(out / "predictions-*.jsonl")))
@@ -146,7 +147,7 @@ _FUZZ_CHILD = """
 import json, sys
 from pipeline.main import run
 s = run(["--input", sys.argv[1] + "/*", "--output", sys.argv[2], "--backend", "tensorrt",
-         "--engine", sys.argv[3], "--preprocess", "gpu"])
+         "--engine", sys.argv[3], "--preprocess", "gpu", "--max_failed_fraction", "1"])
 print(json.dumps({"ok": s.ok, "failed": s.failed}))
 """
 
