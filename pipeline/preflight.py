@@ -7,6 +7,8 @@ must fail in a second on the launcher with a message a user can act on.
 
 from __future__ import annotations
 
+import logging
+
 import re
 import uuid
 from typing import Dict, Optional
@@ -22,6 +24,8 @@ from transforms.spec import ConfigError
 from transforms.runtime.errors import InputMismatch, ModelLoadError
 
 # GPU types Dataflow accepts in worker_accelerator (Compute Engine accelerator names).
+LOG = logging.getLogger(__name__)
+
 KNOWN_GPU_TYPES = (
     "nvidia-tesla-t4", "nvidia-tesla-p4", "nvidia-tesla-p100", "nvidia-tesla-v100",
     "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-l4", "nvidia-h100-80gb",
@@ -112,6 +116,26 @@ def check_image_beam_version(image: str, launcher: str) -> None:
                           f"launcher has Beam {launcher}; they must be equal")
 
 
+def check_inputs_match(cfg: RunConfig) -> None:
+    """A glob that matches nothing is almost always a typo: with no manifest either, the run
+    would end ok=0 and exit 0. Each glob is listed with a limit of one file, so this stays
+    cheap on a bucket of millions."""
+    empty = []
+    for pattern in cfg.inputs:
+        try:
+            found = FileSystems.match([pattern], limits=[1])[0].metadata_list
+        except Exception as exc:  # noqa: BLE001 - cannot list here: say so, do not guess
+            LOG.warning("--input %s could not be listed from the launcher (%s); not checked",
+                        pattern, exc)
+            continue
+        if not found:
+            empty.append(pattern)
+    if empty and len(empty) == len(cfg.inputs) and not cfg.input_list:
+        raise ConfigError(f"--input: expected images, but {empty} matched no files")
+    for pattern in empty:
+        LOG.warning("--input %s matched no files", pattern)
+
+
 def preflight(options: PipelineOptions, cfg: RunConfig) -> None:
     if cfg.input_list and not FileSystems.exists(cfg.input_list):
         raise ConfigError(f"--input_list: {cfg.input_list} does not exist")
@@ -123,3 +147,4 @@ def preflight(options: PipelineOptions, cfg: RunConfig) -> None:
     runner = str(options.view_as(StandardOptions).runner or "")
     if runner.split(".")[-1] == "DataflowRunner":
         check_dataflow(options, cfg)
+    check_inputs_match(cfg)

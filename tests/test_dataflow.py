@@ -27,9 +27,12 @@ def beam_version_pinned() -> str:
 
 
 @pytest.mark.slow
-def test_dataflow_dry_run_job(gcs_emulator, monkeypatch):
+def test_dataflow_dry_run_job(gcs_emulator, gcs_client, monkeypatch):
     """The whole graph goes through DataflowRunner up to submission (TestOptions.dry_run)."""
     monkeypatch.chdir(ROOT)
+    # the launcher checks that --input matches something before submitting
+    gcs_client.bucket("bucket").blob("dry-images/one.jpg").upload_from_string(
+        (ROOT / "samples" / "chelsea.jpg").read_bytes())
     argv = ["--runner", "DataflowRunner", "--project", "my-project", "--region", "us-central1",
             "--temp_location", "gs://bucket/tmp", "--staging_location", "gs://bucket/staging",
             "--sdk_container_image", IMAGE, "--sdk_location", "container",
@@ -38,7 +41,7 @@ def test_dataflow_dry_run_job(gcs_emulator, monkeypatch):
             "--number_of_worker_harness_threads", "8", "--machine_type", "g2-standard-8",
             "--disk_size_gb", "100", "--dry_run", "True",
             "--backend", "tensorrt", "--engine_cache", "gs://bucket/engines",
-            "--input", "gs://bucket/images/*", "--output", "gs://bucket/dry-out"]
+            "--input", "gs://bucket/dry-images/*", "--output", "gs://bucket/dry-out"]
     options, cfg = configure(argv)
     p = beam.Pipeline(options=options)
     build_pipeline(p, cfg)

@@ -234,3 +234,13 @@ def test_a_run_over_its_failure_budget_fails_after_writing_everything(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "pipeline.main", *args, "--output",
                           str(tmp_path / "o3")], cwd=ROOT, capture_output=True, text=True)
     assert cli.returncode == 3 and "error: failure budget exceeded" in cli.stderr
+
+
+def test_a_glob_that_matches_nothing_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"--input: expected images, but \['.*nonexistent/"
+                                          r"\*\.jpg'\] matched no files"):
+        run(["--input", str(tmp_path / "nonexistent" / "*.jpg"), "--output", str(tmp_path / "o")])
+    # one empty glob beside one that matches is only a warning
+    summary = run(["--input", str(tmp_path / "nonexistent" / "*.jpg"), "--input",
+                   str(SAMPLES / "*.jpg"), "--output", str(tmp_path / "o2")])
+    assert summary.ok == 6
