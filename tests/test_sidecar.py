@@ -60,3 +60,24 @@ def test_batch_inputs_arrays_and_dicts():
     assert list(batch_inputs(d, ["x", "y"])) == ["x", "y"]
     with pytest.raises(ValueError, match=r"example 0: expected a dict with keys \['x', 'y'\]"):
         batch_inputs([np.zeros(1)], ["x", "y"])
+
+
+def test_an_empty_sidecar_names_the_missing_key(tmp_path):
+    """`{}` used to surface as a raw KeyError traceback; now the run says what is missing."""
+    from pipeline.main import main
+
+    plan = tmp_path / "e.plan"
+    plan.write_bytes(b"plan")
+    (tmp_path / "e.plan.json").write_text("{}")
+    with pytest.raises(EngineLoadError, match=r"e\.plan\.json: not a valid engine sidecar: "
+                                              r"missing key 'tensorrt_version'"):
+        Sidecar.from_json("{}", source=str(tmp_path / "e.plan.json"))
+    import sys
+    argv = sys.argv
+    sys.argv = ["pipeline.main", "--input", str(tmp_path / "*.plan"), "--output",
+                str(tmp_path / "o"), "--backend", "tensorrt", "--engine", str(plan),
+                "--preprocess", "cpu"]
+    try:
+        assert main() == 2
+    finally:
+        sys.argv = argv

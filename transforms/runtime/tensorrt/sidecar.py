@@ -109,7 +109,11 @@ class Sidecar:
                 precision=str(d["precision"]), onnx_sha256=str(d["onnx_sha256"]),
                 plan_sha256=str(d["plan_sha256"]), builder=dict(d.get("builder", {})),
                 version=int(d.get("version", SIDECAR_VERSION)))
-        except (ValueError, KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise EngineLoadError(f"{source}: not a valid engine sidecar: missing key "
+                                  f"{exc.args[0]!r}; expected the JSON that "
+                                  "pipeline.build_engine writes beside the plan") from exc
+        except (ValueError, TypeError) as exc:
             raise EngineLoadError(f"{source}: not a valid engine sidecar ({exc!r})") from exc
 
     def check_runtime(self, tensorrt_version: str, gpu_name: str, compute_capability: str,
