@@ -22,7 +22,7 @@ from transforms.metrics import BUNDLES, BundleMetrics
 from transforms.postprocess import Postprocess
 from transforms.preprocess import Preprocess
 from transforms.records import DEAD_LETTER, MAX_MESSAGE_CHARS, METRICS_NAMESPACE, Item, ItemKey
-from transforms.runtime.errors import SystemicError
+from transforms.runtime.errors import ItemFailure, SystemicError
 from transforms.runtime.onnx import OnnxLoader
 from transforms.runtime.tensorrt.gpu_runner import GPU_OK, TrtDaliLoader
 from transforms.runtime.tensorrt.runner import TrtLoader
@@ -108,6 +108,9 @@ class SplitGpuResults(beam.DoFn):
 
     def process(self, element: Tuple[ItemKey, PredictionResult]) -> Iterator[Any]:
         key, result = element
+        if isinstance(result.inference, ItemFailure):     # Postprocess dead-letters it
+            yield key, result
+            return
         outputs = dict(result.inference)
         ok = bool(outputs.pop(GPU_OK))
         if not ok:

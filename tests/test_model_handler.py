@@ -25,7 +25,7 @@ from transforms.handlers.keyed import KeyedBatchHandler
 from transforms.handlers.model_handler import NumpyModelHandler
 from transforms.records import ItemKey
 from transforms.runtime.cuda import CudaError
-from transforms.runtime.errors import InputMismatch, SharedModelError
+from transforms.runtime.errors import InputMismatch, ItemFailure, SharedModelError
 from transforms.runtime.onnx import OnnxLoader
 from transforms.runtime.runner import Feeds, Runner, RunnerInfo, TensorInfo
 from transforms.runtime.storage import sha256_hex
@@ -155,19 +155,30 @@ def test_keyed_handler_returns_batch_facts_on_the_key():
     assert out[0][0].batch.size == 3 and out[0][0].batch.model_sha256 == "f" * 64
 
 
-def _run_keyed(loader, check=None) -> None:
-    """Three images through RunInference + the pipeline's BatchFailures, as build.py wires it."""
+def _run_keyed(loader, check=None, n: int = 3) -> None:
+    """Images through RunInference, Postprocess and the pipeline's BatchFailures, as
+    build.py wires them; ``check`` sees every dead letter."""
+    from transforms.postprocess import Postprocess
+    from transforms.records import DEAD_LETTER
+    from transforms.spec import ModelSpec
+
+    spec = ModelSpec(name="s", height=1, width=2, output_kind="probabilities")
     p = TestPipeline()
     inferred, dlq = (
-        p | beam.Create([(ItemKey(f"u{i}", {}), x) for i, x in enumerate(_examples(3))])
+        p | beam.Create([(ItemKey(f"u{i}", {}), x) for i, x in enumerate(_examples(n))])
         | RunInference(KeyedBatchHandler(NumpyModelHandler(loader))).with_exception_handling())
-    letters = dlq.failed_inferences | beam.ParDo(BatchFailures())
+    post = inferred | beam.ParDo(Postprocess(spec, "scripted", 1)).with_outputs(
+        DEAD_LETTER, main="preds")
+    letters = ((dlq.failed_inferences | beam.ParDo(BatchFailures()), post[DEAD_LETTER])
+               | beam.Flatten())
     if check is not None:
         assert_that(letters, check)
     p.run().wait_until_finish()
 
 
 def test_per_batch_error_becomes_dead_letters_with_the_real_type_and_message():
+    """A batch that always fails is split down to single images; each is a dead letter
+    with the real exception's type and message (not Beam's tuple)."""
     def check(letters):
         assert sorted(d["uri"] for d in letters) == ["u0", "u1", "u2"]
         for d in letters:
@@ -175,6 +186,42 @@ def test_per_batch_error_becomes_dead_letters_with_the_real_type_and_message():
             assert d["message"] == "output 'y' is NaN for this batch"
 
     _run_keyed(ScriptedLoader(1, 4, InputMismatch("output 'y' is NaN for this batch")), check)
+
+
+class PoisonRunner(ScriptedRunner):
+    """Fails any batch that holds the example whose first value is 5 (a poison input)."""
+
+    def infer(self, feeds: Feeds) -> Feeds:
+        if (feeds["x"][:, 0] == 5).any():
+            raise ValueError("NaN in the output for a poison input")
+        return super().infer(feeds)
+
+
+@dataclass(frozen=True)
+class PoisonLoader(ScriptedLoader):
+    def __call__(self) -> ScriptedRunner:
+        return PoisonRunner(self.min_batch, self.max_batch, None)
+
+
+def test_one_poison_input_costs_only_itself():
+    """Split and retry: 8 images, one poison; 7 scored, 1 dead letter (Triton-style: the
+    error travels with that image only). Splits: 8 -> 4 -> 2 -> 1."""
+    handler = NumpyModelHandler(PoisonLoader(1, 8))
+    runner = handler.load_model()
+    results = list(handler.run_inference(_examples(8), runner))
+    failed = [i for i, r in enumerate(results) if isinstance(r.inference, ItemFailure)]
+    assert failed == [5]
+    assert results[5].inference == ItemFailure("ValueError", "NaN in the output for a poison "
+                                                             "input")
+    for i, r in enumerate(results):
+        if i != 5:
+            np.testing.assert_array_equal(r.inference, [2 * i, -2 * i])
+
+    def check(letters):
+        assert [(d["uri"], d["stage"], d["error_type"]) for d in letters] == [
+            ("u5", "inference", "ValueError")]
+
+    _run_keyed(PoisonLoader(1, 8), check, n=8)
 
 
 @pytest.mark.parametrize("error,match", [
@@ -228,5 +275,6 @@ def test_encoded_inputs_follow_the_same_split_and_pad_rule():
     results = list(NumpyModelHandler(ScriptedLoader()).run_inference(files, runner))
     assert [int(r.inference) for r in results] == [1, 2, 3, 4, 5, 7]
     assert runner.calls == [4, 2]
-    with pytest.raises(InputMismatch, match="expected the file's bytes as a non-empty 1-D uint8"):
-        NumpyModelHandler(ScriptedLoader()).run_inference([b""], runner)
+    (empty,) = NumpyModelHandler(ScriptedLoader()).run_inference([b""], runner)
+    assert empty.inference.error_type == "InputMismatch"
+    assert "expected the file's bytes as a non-empty 1-D uint8" in empty.inference.message

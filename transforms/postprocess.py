@@ -14,7 +14,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from transforms.records import DEAD_LETTER, METRICS_NAMESPACE, ItemKey, dead_letter
+from transforms.records import (DEAD_LETTER, MAX_MESSAGE_CHARS, METRICS_NAMESPACE, ItemKey,
+                                dead_letter)
+from transforms.runtime.errors import ItemFailure
 from transforms.spec import ConfigError, ModelSpec
 
 
@@ -102,6 +104,12 @@ class Postprocess(beam.DoFn):
         key, result = element
         start = time.perf_counter()
         batch = key.batch
+        if isinstance(result.inference, ItemFailure):   # failed alone after split-and-retry
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {
+                "uri": key.uri, "stage": "inference", "error_type": result.inference.error_type,
+                "message": result.inference.message[:MAX_MESSAGE_CHARS]})
+            return
         try:
             row = select_output(result.inference, self._spec.output_name)
             best = top_k(scores_from(row, self._spec.output_kind), self._k, self._spec.labels)

@@ -14,25 +14,32 @@ Usable in any Beam pipeline, like Beam's own handlers::
     images | RunInference(handler)   # PredictionResult(example, inference, model_uri)
 
 ``inference`` is the model's output row for that example: an array, or a dict of
-arrays for a model with several outputs. Beam's own RunInference metrics
+arrays for a model with several outputs. If a batch fails for a reason that is not
+systemic, it is split and retried down to single examples; one that fails alone gets an
+``ItemFailure`` (error type and message) as its inference, and the others are scored. Beam's own RunInference metrics
 (``inference_batch_latency_micro_secs``, ``inference_request_batch_size``) count the
 batches; ``run_batch`` also returns the batch's facts for callers that key by them.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing.managers
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.runtime.batching import (ENCODED_DTYPE, batch_inputs, run_in_chunks,
                                          split_rows, stack_batch, stack_encoded)
-from transforms.runtime.errors import SharedModelError
+from transforms.runtime.errors import ItemFailure, SharedModelError, SystemicError
 from transforms.runtime.runner import Runner, RunnerInfo
+
+LOG = logging.getLogger(__name__)
+METRICS_NAMESPACE = "beam_trt_inference"   # as transforms.records: the run's own counters
 
 # What a MultiProcessShared proxy raises when its server process is gone or broken,
 # or when it lacks a method: a fault of the worker, never of one image.
@@ -79,6 +86,8 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
                  large_model: bool = False) -> None:
         super().__init__(large_model=large_model, model_copies=model_copies)
         self._loader = loader
+        self._splits = Metrics.counter(METRICS_NAMESPACE, "inference_batch_splits")
+        self._item_failures = Metrics.counter(METRICS_NAMESPACE, "inference_item_failures")
         self._min_batch = min_batch_size
         self._max_batch = max_batch_size
 
@@ -105,21 +114,42 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
         if not batch:
             return [], BatchFacts("", 0, 0.0, "", "")
         start = time.perf_counter()
-        n = len(batch)
         try:
             info = model.info()
-            merged = run_in_chunks(_stack(batch, info), info.min_batch, info.max_batch or n,
-                                   model.infer)
+            rows = self._rows_split_on_failure(list(batch), model, info)
             batch_id = model.next_batch_id()
         except _PROXY_ERRORS as exc:
             raise SharedModelError(f"the model ({type(model).__name__}) failed outside the "
                                    f"batch: {type(exc).__name__}: {exc}") from exc
         ms = (time.perf_counter() - start) * 1000.0
         names = info.outputs
-        results = [PredictionResult(ex, row[names[0]] if len(names) == 1 else row,
-                                    info.model_uri)
-                   for ex, row in zip(batch, split_rows(merged, n))]
-        return results, BatchFacts(batch_id, n, ms, info.sha256, info.device)
+        results = [PredictionResult(
+            ex, row if isinstance(row, ItemFailure) else
+            row[names[0]] if len(names) == 1 else row, info.model_uri)
+            for ex, row in zip(batch, rows)]
+        return results, BatchFacts(batch_id, len(batch), ms, info.sha256, info.device)
+
+    def _rows_split_on_failure(self, batch: List[Any], model: Runner, info: RunnerInfo
+                               ) -> List[Any]:
+        """Per-example output rows. If the batch fails for a reason that is not systemic,
+        it is split in halves and retried, recursively; an example that fails alone gets
+        an ItemFailure with the real error, and the rest are scored."""
+        try:
+            merged = run_in_chunks(_stack(batch, info), info.min_batch,
+                                   info.max_batch or len(batch), model.infer)
+            return split_rows(merged, len(batch))
+        except (SystemicError,) + _PROXY_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one example's fault must not cost the batch
+            if len(batch) == 1:
+                self._item_failures.inc()
+                return [ItemFailure(type(exc).__name__, str(exc) or repr(exc))]
+            self._splits.inc()
+            mid = len(batch) // 2
+            LOG.warning("a batch of %d failed (%s: %s); retrying it in halves", len(batch),
+                        type(exc).__name__, str(exc)[:200])
+            return (self._rows_split_on_failure(batch[:mid], model, info)
+                    + self._rows_split_on_failure(batch[mid:], model, info))
 
     def run_inference(self, batch: Sequence[Any], model: Runner,
                       inference_args: Optional[Dict[str, Any]] = None

@@ -8,6 +8,8 @@ green. ``SystemicError`` and its subclasses fail the bundle instead, with the ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class SystemicError(RuntimeError):
     """Not one image's fault: the model, the device or the worker. Fails the bundle."""
@@ -19,6 +21,15 @@ class ModelLoadError(SystemicError):
 
 class SharedModelError(SystemicError):
     """The process that holds a shared model copy (``model_copies``) failed or went away."""
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """One example's result when the model failed on that example alone (after the batch
+    was split and retried): like Triton, the error travels with that response only."""
+
+    error_type: str
+    message: str
 
 
 class InputMismatch(ValueError):
