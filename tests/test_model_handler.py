@@ -278,3 +278,31 @@ def test_encoded_inputs_follow_the_same_split_and_pad_rule():
     (empty,) = NumpyModelHandler(ScriptedLoader()).run_inference([b""], runner)
     assert empty.inference.error_type == "InputMismatch"
     assert "expected the file's bytes as a non-empty 1-D uint8" in empty.inference.message
+
+
+class OomRunner(ScriptedRunner):
+    """Runs out of device memory on any chunk above 3 rows, as a GPU would."""
+
+    def infer(self, feeds: Feeds) -> Feeds:
+        rows = feeds["x"].shape[0]
+        if rows > 3:
+            self.calls.append(-rows)
+            raise CudaError("cudaMalloc failed: cudaErrorMemoryAllocation (out of memory)")
+        return super().infer(feeds)
+
+
+def test_out_of_memory_lowers_the_ceiling_for_good():
+    runner = OomRunner(1, 8, None)
+    handler = NumpyModelHandler(ScriptedLoader(1, 8))
+    first = list(handler.run_inference(_examples(8), runner))
+    assert all(isinstance(r.inference, np.ndarray) for r in first)   # nothing lost
+    assert runner.calls == [-8, -4, 2, 2, 2, 2] and runner.batch_ceiling() == 2
+    runner.calls.clear()
+    list(handler.run_inference(_examples(5), runner))                # starts at the ceiling
+    assert runner.calls == [2, 2, 1]
+
+
+def test_out_of_memory_at_the_minimum_batch_is_systemic():
+    runner = OomRunner(4, 8, None)                                   # cannot go below 4
+    with pytest.raises(CudaError, match="out of memory"):
+        NumpyModelHandler(ScriptedLoader(4, 8)).run_inference(_examples(8), runner)

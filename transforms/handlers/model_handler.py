@@ -35,7 +35,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.runtime.batching import (ENCODED_DTYPE, batch_inputs, run_in_chunks,
                                          split_rows, stack_batch, stack_encoded)
-from transforms.runtime.errors import ItemFailure, SharedModelError, SystemicError
+from transforms.runtime.errors import (ItemFailure, SharedModelError, SystemicError,
+                                       is_out_of_memory)
 from transforms.runtime.runner import Runner, RunnerInfo
 
 LOG = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
         self._loader = loader
         self._splits = Metrics.counter(METRICS_NAMESPACE, "inference_batch_splits")
         self._item_failures = Metrics.counter(METRICS_NAMESPACE, "inference_item_failures")
+        self._oom = Metrics.counter(METRICS_NAMESPACE, "inference_oom_ceiling_lowered")
         self._min_batch = min_batch_size
         self._max_batch = max_batch_size
 
@@ -131,25 +133,39 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
 
     def _rows_split_on_failure(self, batch: List[Any], model: Runner, info: RunnerInfo
                                ) -> List[Any]:
-        """Per-example output rows. If the batch fails for a reason that is not systemic,
-        it is split in halves and retried, recursively; an example that fails alone gets
-        an ItemFailure with the real error, and the rest are scored."""
+        """Per-example output rows. Out of device memory: the model's batch ceiling is
+        halved for good and the batch retried in smaller chunks. Any other failure that is
+        not systemic: the batch is split in halves and retried, recursively; an example
+        that fails alone gets an ItemFailure with the real error, the rest are scored."""
+        chunk = min(info.max_batch or len(batch), model.batch_ceiling() or len(batch))
         try:
-            merged = run_in_chunks(_stack(batch, info), info.min_batch,
-                                   info.max_batch or len(batch), model.infer)
+            merged = run_in_chunks(_stack(batch, info), info.min_batch, chunk, model.infer)
             return split_rows(merged, len(batch))
-        except (SystemicError,) + _PROXY_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one example's fault must not cost the batch
-            if len(batch) == 1:
-                self._item_failures.inc()
-                return [ItemFailure(type(exc).__name__, str(exc) or repr(exc))]
-            self._splits.inc()
-            mid = len(batch) // 2
-            LOG.warning("a batch of %d failed (%s: %s); retrying it in halves", len(batch),
-                        type(exc).__name__, str(exc)[:200])
-            return (self._rows_split_on_failure(batch[:mid], model, info)
-                    + self._rows_split_on_failure(batch[mid:], model, info))
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if is_out_of_memory(exc):
+                lowered = model.lower_batch_ceiling(min(chunk, len(batch)))
+                if lowered is not None:
+                    self._oom.inc()
+                    LOG.warning("out of device memory at a batch of %d (%s); this model now "
+                                "runs batches of at most %d", min(chunk, len(batch)),
+                                str(exc)[:200], lowered)
+                    return self._rows_split_on_failure(batch, model, info)
+            if isinstance(exc, (SystemicError,) + _PROXY_ERRORS):
+                raise
+            return self._split(batch, model, info, exc)
+
+    def _split(self, batch: List[Any], model: Runner, info: RunnerInfo, exc: Exception
+               ) -> List[Any]:
+        """One example's fault must not cost the batch: halves, down to single examples."""
+        if len(batch) == 1:
+            self._item_failures.inc()
+            return [ItemFailure(type(exc).__name__, str(exc) or repr(exc))]
+        self._splits.inc()
+        mid = len(batch) // 2
+        LOG.warning("a batch of %d failed (%s: %s); retrying it in halves", len(batch),
+                    type(exc).__name__, str(exc)[:200])
+        return (self._rows_split_on_failure(batch[:mid], model, info)
+                + self._rows_split_on_failure(batch[mid:], model, info))
 
     def run_inference(self, batch: Sequence[Any], model: Runner,
                       inference_args: Optional[Dict[str, Any]] = None

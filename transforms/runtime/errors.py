@@ -32,5 +32,15 @@ class ItemFailure:
     message: str
 
 
+_OOM_SIGNS = ("out of memory", "cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY",
+              "Failed to allocate memory", "OutOfMemory", "BFCArena")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA, TensorRT or ONNX Runtime running out of device memory, by what they say."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(sign.lower() in text.lower() for sign in _OOM_SIGNS)
+
+
 class InputMismatch(ValueError):
     """A batch or model spec does not match what the model declares."""

@@ -67,6 +67,8 @@ class Runner(ABC):
 
     def __init__(self) -> None:
         self._batches = BatchCounter()
+        self._ceiling: Optional[int] = None
+        self._ceiling_lock = threading.Lock()
 
     @abstractmethod
     def info(self) -> RunnerInfo:
@@ -79,6 +81,23 @@ class Runner(ABC):
     def next_batch_id(self) -> str:
         """One id per batch of the handler; the counter is this model's, across threads."""
         return self._batches.next_id()
+
+    def batch_ceiling(self) -> Optional[int]:
+        """The largest chunk to send now: below the profile's max after an out-of-memory
+        error (for the rest of this model's life), else None."""
+        return self._ceiling
+
+    def lower_batch_ceiling(self, failed_rows: int) -> Optional[int]:
+        """After an out-of-memory error on ``failed_rows`` rows: halve, but not below the
+        model's minimum batch. Returns the new ceiling, or None if it cannot go lower."""
+        with self._ceiling_lock:
+            lowest = self.info().min_batch
+            new = max(lowest, failed_rows // 2)
+            if new >= failed_rows:
+                return None
+            if self._ceiling is None or new < self._ceiling:
+                self._ceiling = new
+            return self._ceiling
 
     def close(self) -> None:
         """Release what the model holds (device memory, sessions); safe to call twice."""
