@@ -122,8 +122,8 @@ class SplitGpuResults(beam.DoFn):
         yield key, PredictionResult(result.example, inference, result.model_id)
 
 
-def _infer(pcoll: beam.PCollection, label: str, handler: NumpyModelHandler, cfg: RunConfig,
-           path: str) -> Tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
+def _infer(pcoll: beam.PCollection, label: str, handler: NumpyModelHandler
+           ) -> Tuple[beam.PCollection, beam.PCollection]:
     """Key -> RunInference -> (results, inference dead letters)."""
     inferred, dlq = (
         pcoll
@@ -157,7 +157,7 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
             TrtDaliLoader(make_loader(cfg), cfg.spec, cfg.dali),
             min_batch_size=cfg.min_batch_size, max_batch_size=cfg.max_batch_size,
             model_copies=cfg.model_copies)
-        gpu_results, gpu_failed = _infer(routed.gpu, "Gpu", gpu_handler, cfg, "gpu")
+        gpu_results, gpu_failed = _infer(routed.gpu, "Gpu", gpu_handler)
         split = gpu_results | "SplitGpuResults" >> beam.ParDo(
             SplitGpuResults()).with_outputs(CPU_PATH, main="scored")
         post_gpu = split.scored | "PostprocessGpu" >> beam.ParDo(
@@ -171,7 +171,7 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
         DecodeImage(cfg.spec, cfg.limits)).with_outputs(DEAD_LETTER, main="images")
     tensors = decoded.images | "Preprocess" >> beam.ParDo(
         Preprocess(cfg.spec)).with_outputs(DEAD_LETTER, main="images")
-    inferred, failed_inference = _infer(tensors.images, "", handler, cfg, "cpu")
+    inferred, failed_inference = _infer(tensors.images, "", handler)
     post = inferred | "Postprocess" >> beam.ParDo(
         Postprocess(cfg.spec, cfg.backend, cfg.top_k, "cpu")).with_outputs(
             DEAD_LETTER, main="preds")

@@ -2,43 +2,77 @@
 instead of 2x the resize target, and Pillow's reducing_gap, against today's CPU path.
 
     python scripts/make_corpus.py --profile uploads --count 80 --output /tmp/c2
-    python scripts/cpu_path_options.py        # reads /tmp/c2/*.jpg and samples/*.jpg
+    python scripts/cpu_path_options.py /tmp/c2        # and the samples' JPEGs
+
+The variants differ from transforms.preprocess only in the two knobs measured: the draft
+request at decode and ``reducing_gap`` at resize; every other step is the project's own.
 """
-import glob, time, io, sys
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from typing import List, Optional, Tuple
+
 import numpy as np
 from PIL import Image, ImageOps
-sys.path.insert(0, '.')
-from transforms.decode import decode_image, to_rgb, open_checked, arm_pillow_check
-from transforms.preprocess import preprocess, to_tensor, center_crop_box, jpeg_roundtrip, resized_size, _RESAMPLE
-from transforms.spec import OPEN_NSFW_SPEC as S, DecodeLimits
-from transforms.runtime.onnx import OnnxLoader
-runner = OnnxLoader("bundled://open_nsfw")()
-name = runner.info().inputs[0].name
-L = DecodeLimits()
-files = [open(f, 'rb').read() for f in sorted(glob.glob('/tmp/c2/*.jpg'))][:80] + [open(f,'rb').read() for f in sorted(glob.glob('samples/*.jpg'))]
 
-def variant(data, draft_factor, gap):
-    arm_pillow_check(L)
-    img = open_checked(data, L)
-    if draft_factor and img.format == "JPEG":
-        side = int(draft_factor * max(S.resize_size)); img.draft("RGB", (side, side))
-    img.load(); img = ImageOps.exif_transpose(img)
-    rgb = to_rgb(img, S.alpha_background)
-    pil = Image.fromarray(rgb)
-    size = resized_size(rgb.shape[:2], S)
-    pil = pil.resize((size[1], size[0]), resample=_RESAMPLE[S.interpolation], reducing_gap=gap)
-    pil = pil.crop(center_crop_box(size, (S.height, S.width)))
-    pil = jpeg_roundtrip(pil, S.jpeg_roundtrip_quality)
-    return to_tensor(np.asarray(pil.convert("RGB")), S)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def run(draft_factor, gap):
-    t = time.perf_counter(); xs = [variant(f, draft_factor, gap) for f in files]; dt = (time.perf_counter() - t) / len(files) * 1000
-    scores = np.concatenate([runner.infer({name: np.stack(xs[i:i+16])})[runner.info().outputs[0]][:, 1] for i in range(0, len(xs), 16)])
-    return dt, scores
+from transforms.decode import arm_pillow_check, open_checked, to_rgb  # noqa: E402
+from transforms.preprocess import (_RESAMPLE, center_crop_box, jpeg_roundtrip,  # noqa: E402
+                                   resized_size, to_tensor)
+from transforms.runtime.onnx import OnnxLoader  # noqa: E402
+from transforms.spec import OPEN_NSFW_SPEC as SPEC, DecodeLimits  # noqa: E402
 
-base_t, base = run(2, None)
-print(f"baseline (draft 2x, no reducing_gap): {base_t:.1f} ms/img")
-for df, gap in [(2, 3.0), (2, 2.0), (1, None), (1, 3.0), (1, 2.0)]:
-    t, s = run(df, gap)
-    d = np.abs(s - base)
-    print(f"draft {df}x reducing_gap {gap}: {t:.1f} ms/img ({base_t/t:.2f}x), max |d nsfw| {d.max():.4f}, mean {d.mean():.5f}")
+LIMITS = DecodeLimits()
+
+
+def variant(data: bytes, draft_factor: int, gap: Optional[float]) -> np.ndarray:
+    """open_nsfw's CPU preprocessing with the draft factor and reducing_gap given."""
+    arm_pillow_check(LIMITS)
+    img = open_checked(data, LIMITS)
+    if img.format == "JPEG":
+        side = draft_factor * max(SPEC.resize_size)
+        img.draft("RGB", (side, side))
+    img.load()
+    rgb = to_rgb(ImageOps.exif_transpose(img), SPEC.alpha_background)
+    size = resized_size(rgb.shape[:2], SPEC)
+    pil = Image.fromarray(rgb).resize((size[1], size[0]), resample=_RESAMPLE[SPEC.interpolation],
+                                      reducing_gap=gap)
+    pil = jpeg_roundtrip(pil.crop(center_crop_box(size, (SPEC.height, SPEC.width))),
+                         SPEC.jpeg_roundtrip_quality)
+    return to_tensor(np.asarray(pil.convert("RGB")), SPEC)
+
+
+def measure(files: List[bytes], runner, draft_factor: int, gap: Optional[float]
+            ) -> Tuple[float, np.ndarray]:
+    """(ms per image, nsfw scores) for one variant."""
+    start = time.perf_counter()
+    xs = [variant(f, draft_factor, gap) for f in files]
+    ms = (time.perf_counter() - start) / len(files) * 1000
+    name, out = runner.info().inputs[0].name, runner.info().outputs[0]
+    scores = np.concatenate([runner.infer({name: np.stack(xs[i:i + 16])})[out][:, 1]
+                             for i in range(0, len(xs), 16)])
+    return ms, scores
+
+
+def main() -> int:
+    corpus = sys.argv[1] if len(sys.argv) > 1 else "/tmp/c2"
+    paths = sorted(glob.glob(os.path.join(corpus, "*.jpg")))[:80] + sorted(glob.glob("samples/*.jpg"))
+    files = [open(p, "rb").read() for p in paths]
+    runner = OnnxLoader("bundled://open_nsfw")()
+    base_ms, base = measure(files, runner, 2, None)
+    print(f"today (draft 2x, no reducing_gap): {base_ms:.1f} ms/img")
+    for factor, gap in [(2, 3.0), (2, 2.0), (1, None), (1, 3.0), (1, 2.0)]:
+        ms, scores = measure(files, runner, factor, gap)
+        d = np.abs(scores - base)
+        print(f"draft {factor}x reducing_gap {gap}: {ms:.1f} ms/img ({base_ms / ms:.2f}x), "
+              f"max |d nsfw| {d.max():.4f}, mean {d.mean():.5f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -93,8 +93,7 @@ def stage_table(stats: pstats.Stats, wall: float, n: int) -> None:
     rows, total = [], 0.0
     for stage, keys in STAGES.items():
         t = sum(v[3] for (f, _, name), v in stats.stats.items()
-                if any(f.endswith(k) or k in f for k, fn in keys for _ in [0]
-                       if name == fn and k in f))
+                if any(name == fn and k in f for k, fn in keys))
         rows.append((stage, t))
         total += t
     rows.append(("Beam's runner, batching, shuffles and the rest", max(0.0, wall - total)))

@@ -28,7 +28,7 @@ GPU_MODES = ("RGB", "L", "CMYK")   # JPEG modes nvJPEG decodes as Pillow does
 
 def gpu_decodable(data: bytes, spec: ModelSpec, limits: DecodeLimits) -> bool:
     """True if the GPU path would produce what the CPU path does; raises the CPU path's
-    own per-image errors (ImageTooLarge, UndecodableImage, TruncatedJpeg, ...)."""
+    own per-image errors (ImageTooLarge, UndecodableImage, ...)."""
     arm_pillow_check(limits)
     img = open_checked(data, limits)
     if img.format != "JPEG" or img.mode not in GPU_MODES:

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional, Tuple
 
 from PIL import Image
 
-from transforms.decode_errors import ImageTooLarge, UndecodableImage
+from transforms.decode_errors import DecodeError, ImageTooLarge, UndecodableImage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
@@ -253,9 +253,9 @@ def check_tiff(img: Image.Image, max_pixels: int) -> None:
             tile = (img.tag_v2.get(322), img.tag_v2.get(323))   # TileWidth, TileLength
             if tile[0] and tile[1]:
                 _refuse_if_over(f"TIFF page {page} tile", tile[0], tile[1], max_pixels)
+    except DecodeError:
+        raise
     except (SyntaxError, ValueError, OSError, struct.error) as exc:
-        if isinstance(exc, ImageTooLarge):
-            raise
         raise UndecodableImage(f"TIFF page {page}: {exc}") from exc
     finally:
         img.seek(0)
@@ -392,9 +392,9 @@ def check_bytes(data: bytes, max_pixels: int, formats: Tuple[str, ...]) -> None:
 def check_opened(img: Image.Image, data: bytes, max_pixels: int) -> None:
     """After Pillow read the headers (no pixels): the sizes only its parse exposes.
 
-    MPO frames come from Pillow's MP index, TIFF pages from its IFD walk.
+    MPO frames come from Pillow's MP index, TIFF pages from its IFD walk. The outer size
+    itself is checked by the caller (decode.open_checked) before this runs.
     """
-    _refuse_if_over(f"{img.format or 'image'} header", *img.size, max_pixels)
     if img.format == "MPO":
         check_mpo(img, data, max_pixels)
     elif img.format == "TIFF":

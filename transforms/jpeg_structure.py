@@ -19,7 +19,7 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
 
 
-def TruncatedJpeg(message: str) -> UndecodableImage:
+def _truncated(message: str) -> UndecodableImage:
     """A JPEG whose segments or scans run past the end of the file: the same error type
     the CPU path's decoder gives it, so dead letters do not depend on the path taken."""
     return UndecodableImage(f"JPEG is truncated: {message}")
@@ -27,7 +27,7 @@ def TruncatedJpeg(message: str) -> UndecodableImage:
 
 def _length(data: bytes, pos: int) -> int:
     if pos + 4 > len(data):
-        raise TruncatedJpeg(f"JPEG segment header at byte {pos} runs past the end "
+        raise _truncated(f"JPEG segment header at byte {pos} runs past the end "
                             f"({len(data)} bytes)")
     return int.from_bytes(data[pos + 2:pos + 4], "big")
 
@@ -43,7 +43,7 @@ def _end_of_scan(data: bytes, pos: int) -> int:
     (stuffed 0xFF00 and restart markers are part of the data)."""
     found = _SCAN_END.search(data, pos)
     if found is None:
-        raise TruncatedJpeg(f"JPEG entropy-coded data runs to the end of the file "
+        raise _truncated(f"JPEG entropy-coded data runs to the end of the file "
                             f"({len(data)} bytes) without an EOI marker")
     return found.start()
 
@@ -55,7 +55,7 @@ def check_jpeg_structure(data: bytes) -> None:
     pos, frame, scans = 2, False, 0
     while True:
         if pos + 2 > len(data):
-            raise TruncatedJpeg(f"JPEG ends at byte {len(data)} before its EOI marker")
+            raise _truncated(f"JPEG ends at byte {len(data)} before its EOI marker")
         if data[pos] != 0xFF:
             raise UndecodableImage(f"JPEG: expected a marker at byte {pos}, got "
                                    f"{data[pos]:#04x}")
@@ -76,7 +76,7 @@ def check_jpeg_structure(data: bytes) -> None:
         length = _length(data, pos)
         end = pos + 2 + length
         if length < 2 or end > len(data):
-            raise TruncatedJpeg(f"JPEG segment ff {marker:02x} at byte {pos} declares "
+            raise _truncated(f"JPEG segment ff {marker:02x} at byte {pos} declares "
                                 f"{length} bytes; only {len(data) - pos - 2} remain")
         if marker in _SOF:
             frame = True

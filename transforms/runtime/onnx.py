@@ -100,19 +100,18 @@ class OnnxLoader:
         node = check_declared_input(path, "model", declared_inputs(session.get_inputs()),
                                     self.input_name, self.input_dtype, self.example_shape)
         LOG.info("loaded %s on %s", path, got)
-        return OnnxRunner(session, self.model_uri, sha256_hex(data), node.name, got)
+        return OnnxRunner(session, self.model_uri, sha256_hex(data), node, got)
 
 
 class OnnxRunner(Runner):
     """One InferenceSession (thread-safe in ONNX Runtime, so no lock) and its facts."""
 
-    def __init__(self, session: Any, model_uri: str, sha256: str, input_name: str,
+    def __init__(self, session: Any, model_uri: str, sha256: str, decl: DeclaredInput,
                  providers: Sequence[str]) -> None:
         super().__init__()
         self._session = session
         self._outputs = tuple(o.name for o in session.get_outputs())
-        decl = {d.name: d for d in declared_inputs(session.get_inputs())}[input_name]
-        self._input = TensorInfo(input_name, np.dtype(decl.dtype or np.float32).name,
+        self._input = TensorInfo(decl.name, np.dtype(decl.dtype or np.float32).name,
                                  decl.shape[1:])
         fixed = decl.shape[0]
         device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda:0"

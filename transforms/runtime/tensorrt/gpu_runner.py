@@ -41,10 +41,6 @@ class TrtDaliLoader:
 
     backend = "tensorrt"
 
-    @property
-    def model_uri(self) -> str:
-        return self.trt.model_uri
-
     def batch_bounds(self) -> Tuple[int, int]:
         return self.trt.batch_bounds()
 

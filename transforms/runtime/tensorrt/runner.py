@@ -73,10 +73,6 @@ class TrtLoader:
             raise ValueError("TrtLoader: expected engine_uri, or engine_cache with onnx_uri; "
                              "got neither")
 
-    @property
-    def model_uri(self) -> str:
-        return self.engine_uri or self.onnx_uri or ""
-
     def batch_bounds(self) -> Tuple[int, int]:
         """(opt, max) of the profile: BatchElements then forms batches the engine was tuned
         for, instead of its adaptive sizing starting at 1 and starving the GPU."""
