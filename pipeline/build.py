@@ -21,7 +21,8 @@ from transforms.io import ReadImages, WriteBundleMetrics, WriteDeadLetters, Writ
 from transforms.metrics import BUNDLES, BundleMetrics
 from transforms.postprocess import Postprocess
 from transforms.preprocess import Preprocess
-from transforms.records import DEAD_LETTER, MAX_MESSAGE_CHARS, METRICS_NAMESPACE, Item, ItemKey
+from transforms.records import (DEAD_LETTER, METRICS_NAMESPACE, Item, ItemKey,
+                                dead_letter_record)
 from transforms.runtime.errors import ItemFailure, SystemicError
 from transforms.runtime.onnx import OnnxLoader
 from transforms.runtime.tensorrt.gpu_runner import GPU_OK, TrtDaliLoader
@@ -94,8 +95,7 @@ class BatchFailures(beam.DoFn):
                                   f"systemic error, not the images' fault: {name}: {message}")
         for key, _ in batch:
             self._failed.inc()
-            yield {"uri": key.uri, "stage": "inference", "error_type": name,
-                   "message": message[:MAX_MESSAGE_CHARS]}
+            yield dead_letter_record(key.uri, "inference", name, message)
 
 
 class SplitGpuResults(beam.DoFn):

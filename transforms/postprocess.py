@@ -14,8 +14,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from transforms.records import (DEAD_LETTER, MAX_MESSAGE_CHARS, METRICS_NAMESPACE, ItemKey,
-                                dead_letter)
+from transforms.records import (DEAD_LETTER, METRICS_NAMESPACE, ItemKey, dead_letter,
+                                dead_letter_record)
 from transforms.runtime.errors import ItemFailure
 from transforms.spec import ConfigError, ModelSpec
 
@@ -106,9 +106,8 @@ class Postprocess(beam.DoFn):
         batch = key.batch
         if isinstance(result.inference, ItemFailure):   # failed alone after split-and-retry
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {
-                "uri": key.uri, "stage": "inference", "error_type": result.inference.error_type,
-                "message": result.inference.message[:MAX_MESSAGE_CHARS]})
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_record(
+                key.uri, "inference", result.inference.error_type, result.inference.message))
             return
         try:
             row = select_output(result.inference, self._spec.output_name)

@@ -14,8 +14,6 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.handlers.model_handler import BatchFacts
-
 DEAD_LETTER = "dead_letter"
 METRICS_NAMESPACE = "beam_trt_inference"
 MAX_MESSAGE_CHARS = 2000
@@ -36,6 +34,18 @@ class Item:
 
 
 @dataclass(frozen=True)
+class BatchFacts:
+    """One RunInference batch: its id (from the model's counter), size, wall time and
+    the sha256 of the model that ran it."""
+
+    batch_id: str
+    size: int
+    ms: float
+    model_sha256: str
+    device: str = ""
+
+
+@dataclass(frozen=True)
 class ItemKey:
     """The key that travels through KeyedModelHandler, so timings survive inference and
     the image's batch facts come back with its result."""
@@ -48,12 +58,16 @@ class ItemKey:
         return ItemKey(self.uri, self.timings, facts)
 
 
-def dead_letter(uri: str, stage: str, exc: BaseException) -> Dict[str, str]:
-    """The dead-letter record: {uri, stage, error_type, message}."""
-    message = str(exc) or repr(exc)
+def dead_letter_record(uri: str, stage: str, error_type: str, message: str) -> Dict[str, str]:
+    """The dead-letter record: {uri, stage, error_type, message}, the message capped."""
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "..."
-    return {"uri": uri, "stage": stage, "error_type": type(exc).__name__, "message": message}
+    return {"uri": uri, "stage": stage, "error_type": error_type, "message": message}
+
+
+def dead_letter(uri: str, stage: str, exc: BaseException) -> Dict[str, str]:
+    """The dead-letter record of an exception."""
+    return dead_letter_record(uri, stage, type(exc).__name__, str(exc) or repr(exc))
 
 
 class PerImageStageFn(beam.DoFn):

@@ -26,13 +26,13 @@ from __future__ import annotations
 import logging
 import multiprocessing.managers
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from transforms.records import METRICS_NAMESPACE, BatchFacts
 from transforms.runtime.batching import (ENCODED_DTYPE, batch_inputs, run_in_chunks,
                                          split_rows, stack_batch, stack_encoded)
 from transforms.runtime.errors import (ItemFailure, SharedModelError, SystemicError,
@@ -40,24 +40,11 @@ from transforms.runtime.errors import (ItemFailure, SharedModelError, SystemicEr
 from transforms.runtime.runner import Runner, RunnerInfo
 
 LOG = logging.getLogger(__name__)
-METRICS_NAMESPACE = "beam_trt_inference"   # as transforms.records: the run's own counters
 
 # What a MultiProcessShared proxy raises when its server process is gone or broken,
 # or when it lacks a method: a fault of the worker, never of one image.
 _PROXY_ERRORS = (EOFError, ConnectionError, multiprocessing.managers.RemoteError,
                  AttributeError)
-
-
-@dataclass(frozen=True)
-class BatchFacts:
-    """One RunInference batch: its id (from the model's counter), size, wall time and
-    the sha256 of the model that ran it."""
-
-    batch_id: str
-    size: int
-    ms: float
-    model_sha256: str
-    device: str = ""
 
 
 class Loader:
