@@ -82,7 +82,8 @@ class InferenceOptions(PipelineOptions):
                             "the engine profile's max for TensorRT.")
         g.add_argument("--top_k", type=int, default=_default("top_k"),
                        help="How many classes each prediction keeps (default 5).")
-        g.add_argument("--output_format", default=_default("output_format"), choices=OUTPUT_FORMATS,
+        g.add_argument("--output_format", default=_default("output_format"),
+                       choices=OUTPUT_FORMATS,
                        help="Format of predictions-*: jsonl or parquet.")
         g.add_argument("--max_image_bytes", type=int, default=DecodeLimits.max_bytes,
                        help="Files larger than this are dead letters, never read whole.")
@@ -100,7 +101,8 @@ class InferenceOptions(PipelineOptions):
                             "plans keyed by TensorRT version, GPU, ONNX sha256, precision "
                             "and profile. A worker with no matching plan builds one from "
                             "--model and publishes it for the others.")
-        g.add_argument("--trt_precision", default=_default("trt_precision"), choices=TRT_PRECISIONS,
+        g.add_argument("--trt_precision", default=_default("trt_precision"),
+                       choices=TRT_PRECISIONS,
                        help="Precision of plans built through --engine_cache.")
         g.add_argument("--trt_profile", default=",".join(map(str, _default("trt_profile"))),
                        help="MIN,OPT,MAX batch of plans built through --engine_cache.")
@@ -127,6 +129,8 @@ class InferenceOptions(PipelineOptions):
                        default=DaliOptions.hw_decoder_load,
                        help="Share of JPEGs sent to the GPU's hardware decoders (0-1); the "
                             "rest use nvJPEG's CUDA decoder.")
+        g.add_argument("--dali_threads", type=int, default=DaliOptions.threads,
+                       help="DALI's CPU worker threads (parsing and the CPU share of decode).")
         g.add_argument("--max_failed_fraction", type=float,
                        default=_default("max_failed_fraction"),
                        help="Fail the run (non-zero exit, after every output is written) when "
@@ -137,8 +141,6 @@ class InferenceOptions(PipelineOptions):
                        help="Put every engine on this GPU. Default: each model copy takes the "
                             "next visible GPU in turn (round-robin across the worker's "
                             "processes), so multi-GPU workers use all of them.")
-        g.add_argument("--dali_threads", type=int, default=DaliOptions.threads,
-                       help="DALI's CPU worker threads (parsing and the CPU share of decode).")
 
 
 def help_text() -> str:

@@ -8,7 +8,6 @@ must fail in a second on the launcher with a message a user can act on.
 from __future__ import annotations
 
 import logging
-
 import re
 import uuid
 from typing import Dict, Optional
@@ -20,12 +19,12 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   StandardOptions, WorkerOptions)
 
 from pipeline.config import RunConfig
-from transforms.spec import ConfigError
 from transforms.runtime.errors import InputMismatch, ModelLoadError
+from transforms.spec import ConfigError
 
-# GPU types Dataflow accepts in worker_accelerator (Compute Engine accelerator names).
 LOG = logging.getLogger(__name__)
 
+# GPU types Dataflow accepts in worker_accelerator (Compute Engine accelerator names).
 KNOWN_GPU_TYPES = (
     "nvidia-tesla-t4", "nvidia-tesla-p4", "nvidia-tesla-p100", "nvidia-tesla-v100",
     "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-l4", "nvidia-h100-80gb",

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transforms.decode import arm_pillow_check, open_checked, to_rgb  # noqa: E402
+from transforms.decode import open_checked, to_rgb  # noqa: E402
 from transforms.preprocess import (_RESAMPLE, center_crop_box, jpeg_roundtrip,  # noqa: E402
                                    resized_size, to_tensor)
 from transforms.runtime.onnx import OnnxLoader  # noqa: E402
@@ -32,7 +32,6 @@ LIMITS = DecodeLimits()
 
 def variant(data: bytes, draft_factor: int, gap: Optional[float]) -> np.ndarray:
     """open_nsfw's CPU preprocessing with the draft factor and reducing_gap given."""
-    arm_pillow_check(LIMITS)
     img = open_checked(data, LIMITS)
     if img.format == "JPEG":
         side = draft_factor * max(SPEC.resize_size)

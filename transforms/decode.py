@@ -22,7 +22,7 @@ from transforms.image_bounds import check_bytes, check_opened
 from transforms.records import Item, PerImageStageFn
 
 __all__ = ["DecodeError", "EmptyImage", "ImageTooLarge", "UndecodableImage",
-           "UnsupportedFormat", "UnsupportedMode", "arm_pillow_check", "check_size",
+           "UnsupportedFormat", "UnsupportedMode", "check_size",
            "decode_image", "open_checked", "to_rgb", "DecodeImage"]
 
 # Pillow's own decompression-bomb check stays on as a second line behind
@@ -46,7 +46,7 @@ def check_size(nbytes: int, limits: DecodeLimits) -> None:
         raise ImageTooLarge(f"file has {nbytes} bytes; expected at most {limits.max_bytes}")
 
 
-def arm_pillow_check(limits: DecodeLimits) -> None:
+def _arm_pillow_check(limits: DecodeLimits) -> None:
     """Pillow's cap follows the run's; its warning raises (re-armed if a test or a
     library reset the warning filters)."""
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
@@ -73,7 +73,9 @@ def _refused_format(prefix: bytes, allowed: Tuple[str, ...]) -> Optional[str]:
 
 def open_checked(data: bytes, limits: DecodeLimits) -> Image.Image:
     """Identify and read headers only (Pillow opens lazily); every declared size is
-    checked against the cap here, before any decoder allocates."""
+    checked against the cap here, before any decoder allocates. Pillow's own check is
+    armed here too, so it also guards the caller's later ``load()``."""
+    _arm_pillow_check(limits)
     _bounded(lambda: check_bytes(data, limits.max_pixels, limits.formats), "")
     try:
         img = Image.open(io.BytesIO(data), formats=limits.formats)
@@ -163,7 +165,6 @@ def decode_image(
     downsamples with antialiasing and quality is unchanged.
     """
     check_size(len(data), limits)
-    arm_pillow_check(limits)
     img = open_checked(data, limits)
     try:
         if target_size is not None and img.format == "JPEG":

@@ -17,7 +17,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.decode import arm_pillow_check, open_checked
+from transforms.decode import open_checked
 from transforms.jpeg_structure import check_jpeg_structure
 from transforms.records import DEAD_LETTER, METRICS_NAMESPACE, Item, dead_letter
 from transforms.spec import DecodeLimits, ModelSpec
@@ -29,7 +29,6 @@ GPU_MODES = ("RGB", "L", "CMYK")   # JPEG modes nvJPEG decodes as Pillow does
 def gpu_decodable(data: bytes, spec: ModelSpec, limits: DecodeLimits) -> bool:
     """True if the GPU path would produce what the CPU path does; raises the CPU path's
     own per-image errors (ImageTooLarge, UndecodableImage, ...)."""
-    arm_pillow_check(limits)
     img = open_checked(data, limits)
     if img.format != "JPEG" or img.mode not in GPU_MODES:
         return False
