@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -155,17 +157,25 @@ def _timed_child(args: List[str]) -> Dict[str, Any]:
     return record
 
 
+def _corpus_glob(a: argparse.Namespace) -> str:
+    """The corpus's images (scripts/make_corpus.py names them <corpus_name>-NNNNNN.*)."""
+    return os.path.join(a.corpus, f"{a.corpus_name}-*")
+
+
+def _main_command(a: argparse.Namespace, *extra: str) -> List[str]:
+    """``python -m pipeline.main`` over the corpus on the plan, batches of exactly --batch."""
+    return ["-m", "pipeline.main", "--input", _corpus_glob(a), "--backend", "tensorrt",
+            "--engine", a.engine, "--min_batch_size", str(a.batch),
+            "--max_batch_size", str(a.batch), *extra]
+
+
 def cmd_pipeline(a: argparse.Namespace) -> int:
     """Engine alone, DALI alone, end to end (gpu and cpu preprocessing) and the stock-Beam
     baseline, over one corpus, one plan and one batch size, in one run."""
-    import glob
-    import os
-
     from transforms.runtime.benchmark import bench_dali
     from transforms.spec import OPEN_NSFW_SPEC
 
-    files = sorted(f for f in glob.glob(os.path.join(a.corpus, "*"))
-                   if not f.endswith(".json"))
+    files = sorted(glob.glob(_corpus_glob(a)))
     gpu_name = device_name()
     record: Dict[str, Any] = {
         "corpus": a.corpus_name, "corpus_dir": a.corpus, "images": len(files),
@@ -182,19 +192,16 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     dali = bench_dali(jpegs, OPEN_NSFW_SPEC, a.batch)
     record["gpu_preprocess"] = dali
     record["gpu_preprocess_images_per_s"] = dali["images_per_s"]
-    images = os.path.join(a.corpus, f"{a.corpus_name}-*")    # make_corpus.py's file names
-    common = ["-m", "pipeline.main", "--input", images, "--backend",
-              "tensorrt", "--engine", a.engine, "--min_batch_size", str(a.batch),
-              "--max_batch_size", str(a.batch)] + list(a.pipeline_args or [])
     runs = {}
     for name, extra in (("e2e_gpu", ["--preprocess", "gpu"]),
                         ("e2e_cpu", ["--preprocess", "cpu"])):
         # a fresh output prefix each time: an earlier run's predictions would be skipped
-        runs[name] = _timed_child(common + extra + ["--output", tempfile.mkdtemp(
-            prefix=f"bench-{name}-")])
+        runs[name] = _timed_child(_main_command(
+            a, *(a.pipeline_args or []), *extra, "--output",
+            tempfile.mkdtemp(prefix=f"bench-{name}-")))
     if a.stock_engine:
         runs["stock_beam"] = _timed_child(["-m", "pipeline.stock_baseline", "--input",
-                                           images, "--engine",
+                                           _corpus_glob(a), "--engine",
                                            a.stock_engine, "--batch", str(a.batch)])
     record["runs"] = runs
     record["e2e_gpu_images_per_s"] = runs["e2e_gpu"]["images_per_s"]
@@ -242,12 +249,9 @@ def cmd_sharing(a: argparse.Namespace) -> int:
     """The CPU path on every core of one worker: 1 process x N threads, N processes with
     their own engines, N processes sharing one engine (model_copies), against the pool
     ceiling of the same decode code; GPU memory per process from NVML."""
-    import glob
-    import os
-
     from transforms.runtime.benchmark import GpuSampler
 
-    files = sorted(glob.glob(os.path.join(a.corpus, f"{a.corpus_name}-*")))
+    files = sorted(glob.glob(_corpus_glob(a)))
     n = a.workers
     with GpuSampler() as idle:
         time.sleep(1.0)
@@ -259,9 +263,6 @@ def cmd_sharing(a: argparse.Namespace) -> int:
         "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
         "cpu_pool_ceiling_images_per_s": pool_ceiling(files, n), "gpu_idle_mem_mib": idle_mib,
     }
-    common = ["-m", "pipeline.main", "--input", os.path.join(a.corpus, f"{a.corpus_name}-*"),
-              "--backend", "tensorrt", "--engine", a.engine, "--preprocess", "cpu",
-              "--min_batch_size", str(a.batch), "--max_batch_size", str(a.batch)]
     modes = {
         "1_process_1_thread": ([], 1),
         f"1_process_{n}_threads": ([f"--direct_num_workers={n}",
@@ -274,7 +275,8 @@ def cmd_sharing(a: argparse.Namespace) -> int:
     }
     rows = {}
     for name, (extra, processes) in modes.items():
-        r = _timed_child(common + extra + ["--output", tempfile.mkdtemp(prefix="share-")])
+        r = _timed_child(_main_command(a, "--preprocess", "cpu", *extra, "--output",
+                                       tempfile.mkdtemp(prefix="share-")))
         used = (r.get("gpu_mem_max_mib") or idle_mib) - idle_mib
         r["gpu_mem_mb_per_process"] = used / processes
         r["gpu_mem_mb_total"] = used
