@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from typing import Any, Dict, Iterator, List
 
 import apache_beam as beam
@@ -48,8 +49,8 @@ class BundleMetrics(beam.DoFn):
         self._images = 0
         self._batches: Dict[str, tuple] = {}
         self._sums = {"decode_ms": 0.0, "preprocess_ms": 0.0, "postprocess_ms": 0.0}
-        self._paths: Dict[str, int] = {"gpu": 0, "cpu": 0}
-        self._devices: Dict[str, int] = {}
+        self._paths: Counter = Counter()
+        self._devices: Counter = Counter()
 
     def start_bundle(self) -> None:
         self._reset()
@@ -59,9 +60,9 @@ class BundleMetrics(beam.DoFn):
         self._ok.inc()
         if p.batch_id not in self._batches:
             self._batches[p.batch_id] = (p.batch_size, p.inference_ms)
-        self._paths[p.preprocess] = self._paths.get(p.preprocess, 0) + 1
+        self._paths[p.preprocess] += 1
         if p.device:
-            self._devices[p.device] = self._devices.get(p.device, 0) + 1
+            self._devices[p.device] += 1
         self._sums["decode_ms"] += p.decode_ms
         self._sums["preprocess_ms"] += p.preprocess_ms
         self._sums["postprocess_ms"] += p.postprocess_ms
@@ -77,8 +78,8 @@ class BundleMetrics(beam.DoFn):
             "worker": socket.gethostname(),
             "pid": os.getpid(),
             "images": self._images,
-            "images_gpu_preprocess": self._paths.get("gpu", 0),
-            "images_cpu_preprocess": self._paths.get("cpu", 0),
+            "images_gpu_preprocess": self._paths["gpu"],
+            "images_cpu_preprocess": self._paths["cpu"],
             "images_by_device": dict(sorted(self._devices.items())),
             "batches": len(self._batches),
             "batch_sizes": [size for size, _ in self._batches.values()],

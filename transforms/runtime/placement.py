@@ -3,13 +3,14 @@
 Why a cross-process counter: Dataflow workers with 2, 4 or 8 GPUs run several SDK
 processes (or several ``model_copies`` in one process), and each one loads its own
 engine. Without placement every engine lands on device 0. The counter lives in a small
-file under the temp directory, guarded by an inter-process lock, so the k-th copy loaded
+file under the temp directory, guarded by an exclusive flock, so the k-th copy loaded
 on a VM goes to device k mod N whichever process loads it. ``--gpu_device N`` pins every
 copy to one device instead.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import threading
@@ -20,27 +21,17 @@ COUNTER_FILE = os.path.join(tempfile.gettempdir(), "beam-trt-inference-gpu-round
 
 
 def _next_slot(path: str) -> int:
-    """A VM-wide counter: 0, 1, 2, ... across every process that calls it."""
-    try:
-        import fasteners
-    except ImportError:   # no lock library: still round-robin within this process
-        fasteners = None
-    with _LOCAL:
-        lock = fasteners.InterProcessLock(path + ".lock") if fasteners else None
-        if lock:
-            lock.acquire()
-        try:
-            try:
-                with open(path) as f:
-                    slot = int(f.read().strip() or 0)
-            except (FileNotFoundError, ValueError):
-                slot = 0
-            with open(path, "w") as f:
-                f.write(str(slot + 1))
-            return slot
-        finally:
-            if lock:
-                lock.release()
+    """A VM-wide counter: 0, 1, 2, ... across every process that calls it (an exclusive
+    flock on the counter file; released when the file closes)."""
+    with _LOCAL, open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read().strip()
+        slot = int(text) if text.isdigit() else 0
+        f.seek(0)
+        f.truncate()
+        f.write(str(slot + 1))
+        return slot
 
 
 def choose_device(requested: Optional[int] = None,
