@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from transforms.runtime.errors import SystemicError
-from transforms.runtime.storage import read_bytes, sha256_hex
+from transforms.runtime.storage import read_bytes, sha256_hex, write_bytes
 from transforms.runtime.tensorrt.sidecar import EngineLoadError, EngineMismatch, Sidecar
 
 LOG = logging.getLogger(__name__)
@@ -166,8 +166,7 @@ class EngineCache:
         plan_uri = f"{self.directory(key)}/{uuid.uuid4().hex}.plan"
         for uri, data in ((plan_uri, plan), (plan_uri + ".json", sidecar.to_json().encode())):
             try:
-                with _filesystems().create(uri) as f:
-                    f.write(data)
+                write_bytes(uri, data)      # one object on GCS, temp + rename on disk
             except Exception as exc:  # noqa: BLE001 - filesystems raise several types
                 raise EngineCacheError(f"engine cache: cannot write {uri} ({exc}); expected "
                                        "a writable prefix") from exc
