@@ -43,3 +43,15 @@ def test_write_jsonl_roundtrip(tmp_path):
         _ = p | beam.Create(rows) | WriteDeadLetters(str(tmp_path), "r1")
     got = sorted(read_jsonl(str(tmp_path / "errors-*.jsonl")), key=lambda r: r["uri"])
     assert got == rows
+
+
+def test_a_listed_file_gone_when_read_is_a_not_found_dead_letter(tmp_path):
+    from transforms.io import ReadBytes
+    from transforms.records import Item
+
+    gone = str(tmp_path / "gone.jpg")
+    (out,) = list(ReadBytes(DecodeLimits()).process(Item(gone, None)))
+    record = out.value
+    assert out.tag == DEAD_LETTER
+    assert (record["uri"], record["stage"], record["error_type"]) == (gone, "read", "NotFound")
+    assert record["message"].startswith(f"{gone}: not there when read")

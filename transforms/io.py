@@ -31,9 +31,26 @@ def manifest_uri(line: str) -> Optional[str]:
     return None if not line or line.startswith("#") else line
 
 
+class NotFound(FileNotFoundError):
+    """The file was listed (or named in the manifest) but is not there when read."""
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    # google.api_core.exceptions.NotFound is matched by name so local runs need no google.
+    return isinstance(exc, FileNotFoundError) or type(exc).__name__ == "NotFound"
+
+
 class ReadBytes(PerImageStageFn):
     """DoFn: URI -> Item(uri, bytes), reading at most max_bytes + 1 so a huge file is
-    refused without being held in memory."""
+    refused without being held in memory.
+
+    Transient storage faults are retried below this DoFn, by the machinery Beam already
+    uses: GcsIO reads through google-cloud-storage's ``DEFAULT_RETRY`` (429, 5xx,
+    connection resets and urllib3 timeouts; exponential backoff from 1 s, doubling to
+    60 s, 120 s deadline), for the metadata lookup and for every media request. What
+    still fails after that is this image's dead letter (stage ``read``), retried by the
+    next run; a file deleted after listing is ``NotFound`` with its URI.
+    """
 
     stage = "read"
 
@@ -42,8 +59,16 @@ class ReadBytes(PerImageStageFn):
         self._limits = limits
 
     def apply(self, item: Item) -> bytes:
-        with FileSystems.open(item.uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = f.read(self._limits.max_bytes + 1)
+        try:
+            with FileSystems.open(item.uri,
+                                  compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read(self._limits.max_bytes + 1)
+        except Exception as exc:  # noqa: BLE001 - filesystems raise several types
+            if _is_not_found(exc):
+                raise NotFound(f"{item.uri}: not there when read (deleted after it was "
+                               f"listed, or a manifest entry that does not exist); "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+            raise
         if len(data) > self._limits.max_bytes:
             raise ImageTooLarge(
                 f"file has more than {self._limits.max_bytes} bytes; expected at most "
