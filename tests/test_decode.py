@@ -151,3 +151,10 @@ def test_pixel_cap_is_configurable():
 def test_byte_cap():
     with pytest.raises(ImageTooLarge, match="expected at most 100"):
         decode_image(jpeg_bytes((64, 48)), DecodeLimits(max_bytes=100))
+
+
+@pytest.mark.parametrize("data", [b"\xff", b"\xff\xd8", b"\xff\xd8\xff", b"BM\x00"])
+def test_files_of_a_few_bytes_are_undecodable_not_a_struct_error(data):
+    # Found by tests/test_fuzz.py: Pillow's DIB accept() raised struct.error on < 4 bytes.
+    with pytest.raises(UndecodableImage, match="not a recognised image format"):
+        decode_image(data)
