@@ -132,6 +132,11 @@ def main() -> int:
     except FailureBudgetExceeded as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("interrupted: this run's outputs may be unfinished; run the same command "
+              "again with the same --output: images already in a finished predictions "
+              "file are skipped, the rest are scored", file=sys.stderr)
+        return 130
     return 0
 
 

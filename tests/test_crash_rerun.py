@@ -64,3 +64,22 @@ def test_killed_run_then_rerun_scores_every_image_once(tmp_path, delay_s):
     assert sorted(scored) == sorted(uris), "an image was lost or written twice"
     if delay_s == 0.0:
         assert killed_mid_run, "the first run finished before it could be killed"
+
+
+def test_sigint_gives_one_line_and_no_traceback(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    _images(images, 30)
+    proc = subprocess.Popen(_cmd(images, out), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and any(out.rglob("*")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: "), stderr[-2000:]
+    print("\nstderr after SIGINT:", stderr.strip()[-600:])
