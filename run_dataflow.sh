@@ -13,6 +13,8 @@
 #   GPU_TYPE (nvidia-l4)           GPU_COUNT (1)        MACHINE_TYPE (g2-standard-8)
 #   MAX_WORKERS (4)                DISK_SIZE_GB (100)   HARNESS_THREADS (8)
 #   MAX_BATCH (32)                 JOB_NAME (beam-trt-inference-<UTC time>)
+#   WAIT (1: block until the job ends, print the summary and exit 3 when over the failure
+#         budget, --max_failed_fraction / --max_failed; 0: return once submitted)
 #
 # One SDK process per worker (--experiments=no_use_multiple_sdk_containers): Dataflow
 # otherwise starts one SDK process per vCPU, each of which would load its own engine and
@@ -66,6 +68,7 @@ fi
 if [ "$BACKEND" = "onnx" ]; then
   cmd+=(--onnx_providers "CUDAExecutionProvider,CPUExecutionProvider")
 fi
+[ "${WAIT:-1}" = 1 ] && cmd+=(--wait_until_finish)
 cmd+=("$@")
 
 if [ "$DRY_RUN" = 1 ]; then

@@ -6,14 +6,27 @@ turned nearly every image into a dead letter. After the run (and after every out
 written in full), the launcher compares the counts with ``--max_failed_fraction`` and
 ``--max_failed`` and exits non-zero with the counts, the errors output and the three most
 common error types, each with one example URI.
+
+A flex-template launcher returns as soon as the job is submitted, so nothing waits to
+compare. For those jobs the same check runs afterwards from the outputs themselves:
+
+    python -m pipeline.budget --output gs://bucket/scores --run_id 20261125-0100-ab12
+
+counts the run's predictions and dead letters and exits 3 when over budget, like the
+launcher with --wait_until_finish.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from transforms.io import read_jsonl
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.io import ERRORS, PREDICTIONS, file_prefix, read_jsonl
 
 
 class FailureBudgetExceeded(RuntimeError):
@@ -49,3 +62,57 @@ def check_failure_budget(ok: int, failed: int, max_fraction: float, max_failed: 
     for kind, count, uri in top_error_types(errors_glob):
         lines.append(f"  {count} x {kind}, e.g. {uri}")
     raise FailureBudgetExceeded("\n".join(lines))
+
+
+def count_records(pattern: str) -> int:
+    """Records in the finished files matching ``pattern``: JSONL lines or Parquet rows."""
+    total = 0
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        if match.path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with FileSystems.open(match.path,
+                                  compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        else:
+            total += sum(1 for _ in read_jsonl(match.path))
+    return total
+
+
+def check_outputs(output: str, run_id: str, max_fraction: float,
+                  max_failed: Optional[int]) -> Tuple[int, int]:
+    """The budget from a finished run's files; returns (ok, failed) or raises."""
+    ok = count_records(file_prefix(output, PREDICTIONS, run_id) + "-*")
+    errors_glob = file_prefix(output, ERRORS, run_id) + "-*.jsonl"
+    failed = count_records(errors_glob)
+    if ok + failed == 0:
+        raise FailureBudgetExceeded(
+            f"no predictions or dead letters for run {run_id!r} under {output}; expected "
+            f"{file_prefix(output, PREDICTIONS, run_id)}-* from a finished run")
+    check_failure_budget(ok, failed, max_fraction, max_failed, errors_glob)
+    return ok, failed
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from pipeline.config import RunConfig
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.budget",
+                                 description="Apply the failure budget to a finished run's "
+                                             "outputs (for jobs nothing waited on).")
+    ap.add_argument("--output", required=True, help="The run's --output prefix.")
+    ap.add_argument("--run_id", required=True, help="The run's --run_id.")
+    ap.add_argument("--max_failed_fraction", type=float, default=RunConfig.max_failed_fraction)
+    ap.add_argument("--max_failed", type=int, default=None)
+    args = ap.parse_args(argv)
+    try:
+        ok, failed = check_outputs(args.output, args.run_id, args.max_failed_fraction,
+                                   args.max_failed)
+    except FailureBudgetExceeded as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(f"within budget: ok={ok} failed={failed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

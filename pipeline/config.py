@@ -51,6 +51,8 @@ class RunConfig:
     # The failure budget (pipeline/budget.py): over either limit, the run exits non-zero.
     max_failed_fraction: float = 0.05
     max_failed: Optional[int] = None
+    # Remote runners: block until the job ends, then apply the budget (local runs always do).
+    wait_until_finish: bool = False
 
     def __post_init__(self) -> None:
         if not self.output:

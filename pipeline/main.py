@@ -88,6 +88,12 @@ def configure(argv: Sequence[str]) -> Tuple[PipelineOptions, RunConfig]:
     return options, cfg
 
 
+def waits(runner: object, wait_until_finish: bool, test_pipeline: bool = False) -> bool:
+    """Local runs always block; a remote job only with --wait_until_finish."""
+    local = str(runner).split(".")[-1] in LOCAL_RUNNERS
+    return local or test_pipeline or wait_until_finish
+
+
 def run(argv: Optional[Sequence[str]] = None,
         test_pipeline: Optional[beam.Pipeline] = None) -> Optional[RunSummary]:
     """Run the pipeline; a local run blocks and returns its summary."""
@@ -101,10 +107,11 @@ def run(argv: Optional[Sequence[str]] = None,
     start = time.perf_counter()
     result = p.run()
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if test_pipeline is None and str(runner).split(".")[-1] not in LOCAL_RUNNERS:
-        LOG.info("submitted to %s; not waiting", runner)
+    if not waits(runner, cfg.wait_until_finish, test_pipeline is not None):
+        LOG.info("submitted to %s; not waiting (--wait_until_finish to wait and apply the "
+                 "failure budget)", runner)
         return None
-    result.wait_until_finish()
+    result.wait_until_finish()   # Dataflow: raises if the job failed or was cancelled
     summary = summarize(result, cfg, time.perf_counter() - start)
     print(summary.line(), flush=True)
     check_failure_budget(summary.ok, summary.failed, cfg.max_failed_fraction, cfg.max_failed,

@@ -137,6 +137,11 @@ class InferenceOptions(PipelineOptions):
                             "more than this fraction of images became dead letters.")
         g.add_argument("--max_failed", type=int, default=None,
                        help="Also fail the run when more than this many images failed.")
+        g.add_argument("--wait_until_finish", action="store_true",
+                       default=_default("wait_until_finish"),
+                       help="On Dataflow, block until the job ends, then print the summary "
+                            "and apply the failure budget, so a scheduler sees the exit "
+                            "status (run_dataflow.sh sets it; local runs always wait).")
         g.add_argument("--gpu_device", type=int, default=None,
                        help="Put every engine on this GPU. Default: each model copy takes the "
                             "next visible GPU in turn (round-robin across the worker's "
@@ -201,6 +206,7 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         gpu_device=opts.gpu_device,
         max_failed_fraction=opts.max_failed_fraction,
         max_failed=opts.max_failed,
+        wait_until_finish=bool(opts.wait_until_finish),
     )
 
 

@@ -68,7 +68,8 @@ def test_run_dataflow_sh_dry_run():
     env = dict(os.environ, PROJECT="my-project", REGION="us-central1", BUCKET="my-bucket",
                IMAGE=IMAGE, INPUT="gs://my-bucket/images/*", ENGINE_CACHE="gs://my-bucket/engines",
                GPU_TYPE="nvidia-h100-80gb", MACHINE_TYPE="a3-highgpu-1g", JOB_NAME="nightly")
-    out = subprocess.run(["bash", str(ROOT / "run_dataflow.sh"), "--dry-run", "--top_k", "2"],
+    out = subprocess.run(["bash", str(ROOT / "run_dataflow.sh"), "--dry-run", "--top_k", "2",
+                          "--max_failed", "100"],
                          env=env, capture_output=True, text=True, check=True).stdout
     args = out.split()
     assert args[:4] == ["python", "-m", "pipeline.main", "--runner"]
@@ -85,6 +86,12 @@ def test_run_dataflow_sh_dry_run():
     assert flag("--experiments") == "no_use_multiple_sdk_containers"
     assert flag("--engine_cache") == "gs://my-bucket/engines" and flag("--top_k") == "2"
     assert flag("--setup_file") == "./setup.py" and flag("--temp_location") == "gs://my-bucket/tmp"
+    # waits for the job, so the failure budget (flags passed through) sets the exit status
+    assert "--wait_until_finish" in args and flag("--max_failed") == "100"
+    nowait = subprocess.run(["bash", str(ROOT / "run_dataflow.sh"), "--dry-run"],
+                            env=dict(env, WAIT="0"), capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert "--wait_until_finish" not in nowait
 
 
 def test_run_dataflow_sh_names_missing_settings():

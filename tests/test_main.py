@@ -244,3 +244,42 @@ def test_a_glob_that_matches_nothing_is_refused(tmp_path):
     summary = run(["--input", str(tmp_path / "nonexistent" / "*.jpg"), "--input",
                    str(SAMPLES / "*.jpg"), "--output", str(tmp_path / "o2")])
     assert summary.ok == 6
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_budget_from_a_finished_runs_outputs(tmp_path, fmt):
+    """The check a flex-template job gets afterwards: counts from the files themselves."""
+    from pipeline.budget import main as budget_main
+
+    images, manifest, good, missing = _bad_input_tree(tmp_path)
+    out = tmp_path / "out"
+    run(["--input", str(images / "*"), "--input_list", str(manifest), "--output", str(out),
+         "--run_id", "r1", "--output_format", fmt, "--max_failed_fraction", "1"])
+    assert budget_main(["--output", str(out), "--run_id", "r1"]) == 3
+    assert budget_main(["--output", str(out), "--run_id", "r1",
+                        "--max_failed_fraction", "1"]) == 0
+    assert budget_main(["--output", str(out), "--run_id", "other"]) == 3
+
+
+def test_budget_cli_names_counts_and_errors(tmp_path, capsys):
+    from pipeline.budget import main as budget_main
+
+    images, manifest, good, missing = _bad_input_tree(tmp_path)
+    out = tmp_path / "out"
+    run(["--input", str(images / "*"), "--input_list", str(manifest), "--output", str(out),
+         "--run_id", "r2", "--max_failed_fraction", "1"])
+    capsys.readouterr()
+    assert budget_main(["--output", str(out), "--run_id", "r2"]) == 3
+    err = capsys.readouterr().err
+    assert "ok=3 failed=5" in err and "decode/UndecodableImage, e.g. " in err
+    assert budget_main(["--output", str(out), "--run_id", "r2", "--max_failed", "5",
+                        "--max_failed_fraction", "1"]) == 0
+    assert "within budget: ok=3 failed=5" in capsys.readouterr().out
+
+
+def test_only_remote_runs_without_the_flag_return_at_submission():
+    from pipeline.main import waits
+
+    assert waits("DirectRunner", False) and waits("apache_beam.runners.PrismRunner", False)
+    assert not waits("DataflowRunner", False)
+    assert waits("DataflowRunner", True)
