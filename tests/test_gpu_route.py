@@ -46,6 +46,15 @@ def test_mpo_and_other_formats_take_the_cpu_path():
         assert not gpu_decodable(LEGIT[name](), OPEN_NSFW_SPEC, LIMITS), name
 
 
+@pytest.mark.parametrize("marker", [0xC3, 0xC9, 0xCA, 0xC5])
+def test_lossless_arithmetic_and_hierarchical_jpegs_take_the_cpu_path(marker):
+    """Frames nvJPEG does not decode: only Huffman-coded DCT (C0, C1, C2) reaches DALI."""
+    data = bytearray(jpeg_bytes((64, 64)))
+    pos = data.find(b"\xff\xc0")
+    data[pos + 1] = marker
+    assert not gpu_decodable(bytes(data), OPEN_NSFW_SPEC, LIMITS)
+
+
 @pytest.mark.parametrize("data,exc", [
     (truncated_jpeg(), UndecodableImage),
     (b"this is text", UndecodableImage),

@@ -31,10 +31,10 @@ def test_every_sample_jpeg_is_whole(name):
     check_jpeg_structure((SAMPLES / name).read_bytes())
 
 
-def test_progressive_restart_and_trailing_bytes_are_whole():
-    check_jpeg_structure(_progressive())
-    check_jpeg_structure(_with_restarts())
-    check_jpeg_structure(jpeg_bytes() + b"SAMSUNG-TRAILER" * 10)
+def test_progressive_restart_and_trailing_bytes_are_whole_and_say_their_frame():
+    assert check_jpeg_structure(_progressive()) == 0xC2
+    assert check_jpeg_structure(_with_restarts()) == 0xC0
+    assert check_jpeg_structure(jpeg_bytes() + b"SAMSUNG-TRAILER" * 10) == 0xC0
 
 
 @pytest.mark.parametrize("cut", [0.3, 0.6, 0.95])

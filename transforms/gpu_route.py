@@ -5,8 +5,9 @@ choke on. DALI decodes a truncated JPEG without an error (wrong pixels, silently
 fail a whole batch or crash the process on bytes that are not an image. So every cap and
 dead-letter rule of the CPU path runs here first, on the header only (decode.open_checked
 and image_bounds), and a JPEG must also prove it is whole (jpeg_structure). Files DALI
-would not decode the way the CPU path does (anything that is not a plain JPEG: PNG alpha
-and palettes, animation, MPO, other formats) take the Pillow path.
+would not decode the way the CPU path does (anything that is not a plain Huffman-coded
+JPEG: arithmetic, lossless or hierarchical JPEG, PNG alpha and palettes, animation, MPO,
+other formats) take the Pillow path.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from transforms.spec import DecodeLimits, ModelSpec
 
 CPU_PATH = "cpu_path"
 GPU_MODES = ("RGB", "L", "CMYK")   # JPEG modes nvJPEG decodes as Pillow does
+# Huffman-coded DCT frames: baseline, extended sequential, progressive. Arithmetic,
+# lossless and hierarchical JPEGs take the Pillow path (nvJPEG does not decode them; one
+# labelled lossless over DCT data passed the structure check and reached DALI before).
+GPU_FRAMES = (0xC0, 0xC1, 0xC2)
 
 
 def gpu_decodable(data: bytes, spec: ModelSpec, limits: DecodeLimits) -> bool:
@@ -32,7 +37,8 @@ def gpu_decodable(data: bytes, spec: ModelSpec, limits: DecodeLimits) -> bool:
     img = open_checked(data, limits)
     if img.format != "JPEG" or img.mode not in GPU_MODES:
         return False
-    check_jpeg_structure(data)
+    if check_jpeg_structure(data) not in GPU_FRAMES:
+        return False
     if spec.resize_policy == "none":
         w, h = img.size
         if w < spec.width or h < spec.height:

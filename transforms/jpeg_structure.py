@@ -48,11 +48,12 @@ def _end_of_scan(data: bytes, pos: int) -> int:
     return found.start()
 
 
-def check_jpeg_structure(data: bytes) -> None:
-    """Raise UndecodableImage unless ``data`` is a structurally whole JPEG."""
+def check_jpeg_structure(data: bytes) -> int:
+    """Raise UndecodableImage unless ``data`` is a structurally whole JPEG; return the
+    marker of its (first) frame header: 0xC0 baseline, 0xC2 progressive, 0xC3 lossless..."""
     if data[:2] != b"\xff\xd8":
         raise UndecodableImage(f"not a JPEG: expected SOI ff d8, got {data[:2].hex(' ')}")
-    pos, frame, scans = 2, False, 0
+    pos, frame, scans = 2, 0, 0
     while True:
         if pos + 2 > len(data):
             raise _truncated(f"JPEG ends at byte {len(data)} before its EOI marker")
@@ -67,7 +68,7 @@ def check_jpeg_structure(data: bytes) -> None:
             if not frame or not scans:
                 raise UndecodableImage(f"JPEG has EOI at byte {pos} but "
                                        f"{'no frame header' if not frame else 'no scan'}")
-            return
+            return frame
         if marker == 0xD8 or marker == 0x00:
             raise UndecodableImage(f"JPEG: unexpected marker ff {marker:02x} at byte {pos}")
         if marker in _STANDALONE:
@@ -78,8 +79,8 @@ def check_jpeg_structure(data: bytes) -> None:
         if length < 2 or end > len(data):
             raise _truncated(f"JPEG segment ff {marker:02x} at byte {pos} declares "
                                 f"{length} bytes; only {len(data) - pos - 2} remain")
-        if marker in _SOF:
-            frame = True
+        if marker in _SOF and not frame:
+            frame = marker
         if marker == 0xDA:                       # SOS: header, then entropy-coded data
             if not frame:
                 raise UndecodableImage(f"JPEG scan at byte {pos} comes before any frame header")

@@ -174,3 +174,49 @@ def test_fuzzed_jpegs_never_kill_the_worker(dali, nsfw_engines, tmp_path, report
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     report["fuzz_counts"] = counts
     assert counts["ok"] + counts["failed"] == 500
+
+
+def _relabel_sof(data: bytes, *, marker: int = 0xC0, precision: int = 8) -> bytes:
+    """A real baseline JPEG whose frame header now claims another coding or precision:
+    well formed to the structure check, but not something nvJPEG decodes."""
+    out = bytearray(data)
+    pos = out.find(b"\xff\xc0")
+    out[pos + 1] = marker
+    out[pos + 4] = precision
+    return bytes(out)
+
+
+def test_a_file_dali_refuses_costs_only_itself(dali, nsfw_engines, report):
+    """Split-and-retry on the GPU path, on the real runner: in a batch of 16, the files DALI
+    refuses come back with GPU_OK False (for the Pillow path) and every other row equals
+    its score in the clean batch. The pipeline's route keeps such files off the GPU
+    (Pillow refuses them at open); this reaches the runner directly to prove the net."""
+    from transforms.handlers.model_handler import NumpyModelHandler
+    from transforms.runtime.gpu_preprocess import DaliOptions
+    from transforms.runtime.tensorrt.gpu_runner import GPU_OK, TrtDaliLoader
+    from transforms.runtime.tensorrt.runner import TrtLoader
+    from transforms.spec import OPEN_NSFW_SPEC
+
+    photos = _photos(16, 3)
+    bad = {5: _relabel_sof(photos[5], precision=12), 11: _relabel_sof(photos[11], marker=0xC3)}
+    handler = NumpyModelHandler(TrtDaliLoader(TrtLoader(str(nsfw_engines["fp32"])),
+                                              OPEN_NSFW_SPEC, DaliOptions()))
+    runner = handler.load_model()
+    try:
+        def scores(files):
+            results, _ = handler.run_batch([np.frombuffer(f, np.uint8) for f in files], runner)
+            return ([bool(r.inference[GPU_OK]) for r in results],
+                    [np.asarray(next(v for k, v in r.inference.items() if k != GPU_OK))
+                     for r in results])
+
+        ok_clean, clean = scores(photos)
+        ok_mixed, mixed = scores([bad.get(i, p) for i, p in enumerate(photos)])
+    finally:
+        runner.close()
+    refused = [i for i, ok in enumerate(ok_mixed) if not ok]
+    report["dali_refused_positions"] = refused
+    assert all(ok_clean)
+    assert refused and set(refused) <= set(bad), refused
+    for i in set(range(16)) - set(refused):
+        if i not in bad:
+            np.testing.assert_allclose(mixed[i], clean[i], atol=1e-4)
