@@ -55,3 +55,61 @@ def test_pipeline_on_cuda_ep_matches_cpu(cuda_ep, tmp_path):
             scores.setdefault(p["uri"], {})[name] = {t["label"]: t["score"] for t in p["top_k"]}
     for uri, s in scores.items():
         assert abs(s["gpu"]["nsfw"] - s["cpu"]["nsfw"]) <= 1e-3, (uri, s)
+
+
+def _outer_product_model(path, width: int = 1024) -> None:
+    """y = sum(x ⊗ x) = (sum x)^2 per row, through a [N, width, width] float intermediate:
+    4 MiB per row, so a batch's device memory grows with its size and nothing else."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])
+    nodes = [
+        helper.make_node("Constant", [], ["a2"], value=helper.make_tensor(
+            "a2", TensorProto.INT64, [1], [2])),
+        helper.make_node("Constant", [], ["a1"], value=helper.make_tensor(
+            "a1", TensorProto.INT64, [1], [1])),
+        helper.make_node("Constant", [], ["a12"], value=helper.make_tensor(
+            "a12", TensorProto.INT64, [2], [1, 2])),
+        helper.make_node("Unsqueeze", ["x", "a2"], ["col"]),
+        helper.make_node("Unsqueeze", ["x", "a1"], ["row"]),
+        helper.make_node("Mul", ["col", "row"], ["outer"]),
+        helper.make_node("ReduceSum", ["outer", "a12"], ["y"], keepdims=0),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "outer", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_out_of_memory_on_the_gpu_lowers_the_ceiling_and_scores_every_row(
+        cuda_ep, tmp_path, report):
+    """A real CUDA out-of-memory: the CUDA EP's arena is capped at 96 MiB and a batch of 32
+    needs 128 MiB for one intermediate. The handler halves the batch ceiling, retries in
+    smaller chunks and scores all 32 rows; the model keeps the lower ceiling."""
+    from tests.test_onnx_runner import OnnxModelHandler
+
+    path = tmp_path / "outer.onnx"
+    _outer_product_model(path)
+    limit = (("gpu_mem_limit", str(96 << 20)), ("arena_extend_strategy", "kSameAsRequested"))
+    handler = OnnxModelHandler(str(path), providers=("CUDAExecutionProvider",),
+                               provider_options=(("CUDAExecutionProvider", limit),))
+    model = handler.load_model()
+    rng = np.random.default_rng(3)
+    batch = [rng.standard_normal(1024).astype(np.float32) for _ in range(32)]
+    try:
+        model.infer({"x": np.stack(batch)})
+        raised = None
+    except Exception as exc:  # noqa: BLE001 - we want to see what ONNX Runtime raises
+        raised = exc
+    from transforms.runtime.errors import is_out_of_memory
+
+    assert raised is not None and is_out_of_memory(raised), raised
+    report["onnx_cuda_oom_message"] = str(raised)[:300]
+    results = handler.run_inference(batch, model)
+    got = np.array([float(np.asarray(r.inference)) for r in results])
+    want = np.array([float(np.sum(b, dtype=np.float64) ** 2) for b in batch])
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+    report["onnx_cuda_oom_batch_ceiling_after"] = model.batch_ceiling()
+    assert model.batch_ceiling() is not None and model.batch_ceiling() <= 16
