@@ -51,6 +51,8 @@ class RunConfig:
     # The failure budget (pipeline/budget.py): over either limit, the run exits non-zero.
     max_failed_fraction: float = 0.05
     max_failed: Optional[int] = None
+    # An input that matches nothing is refused at launch unless this is set.
+    allow_empty: bool = False
     # Remote runners: block until the job ends, then apply the budget (local runs always do).
     wait_until_finish: bool = False
 

@@ -137,6 +137,10 @@ class InferenceOptions(PipelineOptions):
                             "more than this fraction of images became dead letters.")
         g.add_argument("--max_failed", type=int, default=None,
                        help="Also fail the run when more than this many images failed.")
+        g.add_argument("--allow_empty", action="store_true", default=_default("allow_empty"),
+                       help="Let a run whose --input globs and --input_list match no file "
+                            "end with ok=0 and exit 0 (a scheduled run over a folder that "
+                            "may be empty). Without it, such a run fails at launch.")
         g.add_argument("--wait_until_finish", action="store_true",
                        default=_default("wait_until_finish"),
                        help="On Dataflow, block until the job ends, then print the summary "
@@ -207,6 +211,7 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         max_failed_fraction=opts.max_failed_fraction,
         max_failed=opts.max_failed,
         wait_until_finish=bool(opts.wait_until_finish),
+        allow_empty=bool(opts.allow_empty),
     )
 
 

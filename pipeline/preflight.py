@@ -13,6 +13,7 @@ import uuid
 from typing import Dict, Optional
 
 import apache_beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   PipelineOptions, SetupOptions,
@@ -115,10 +116,22 @@ def check_image_beam_version(image: str, launcher: str) -> None:
                           f"launcher has Beam {launcher}; they must be equal")
 
 
+def _manifest_is_empty(uri: str) -> bool:
+    """True if the manifest names no URI; reads only up to the first one it names."""
+    from transforms.io import manifest_uri
+
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for raw in f:
+            if manifest_uri(raw.decode("utf-8", errors="replace")):
+                return False
+    return True
+
+
 def check_inputs_match(cfg: RunConfig) -> None:
     """A glob that matches nothing is almost always a typo: with no manifest either, the run
-    would end ok=0 and exit 0. Each glob is listed with a limit of one file, so this stays
-    cheap on a bucket of millions."""
+    would end ok=0 and exit 0. Each glob is listed with a limit of one file, and a manifest
+    is read up to its first URI, so this stays cheap on a bucket of millions.
+    ``--allow_empty`` turns the refusal into a warning."""
     empty = []
     for pattern in cfg.inputs:
         try:
@@ -129,8 +142,15 @@ def check_inputs_match(cfg: RunConfig) -> None:
             continue
         if not found:
             empty.append(pattern)
-    if empty and len(empty) == len(cfg.inputs) and not cfg.input_list:
-        raise ConfigError(f"--input: expected images, but {empty} matched no files")
+    manifest_empty = bool(cfg.input_list) and _manifest_is_empty(cfg.input_list)
+    if len(empty) == len(cfg.inputs) and (not cfg.input_list or manifest_empty):
+        what = ([f"--input {empty} matched no files"] if empty else []) + (
+            [f"--input_list {cfg.input_list} names no URI"] if manifest_empty else [])
+        message = f"expected images, but {' and '.join(what)}"
+        if not cfg.allow_empty:
+            raise ConfigError(f"{message} (pass --allow_empty if an empty input is expected)")
+        LOG.warning("%s; running anyway (--allow_empty)", message)
+        return
     for pattern in empty:
         LOG.warning("--input %s matched no files", pattern)
 

@@ -237,9 +237,25 @@ def test_a_run_over_its_failure_budget_fails_after_writing_everything(tmp_path):
 
 
 def test_a_glob_that_matches_nothing_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"--input: expected images, but \['.*nonexistent/"
-                                          r"\*\.jpg'\] matched no files"):
+    with pytest.raises(ConfigError, match=r"expected images, but --input \['.*nonexistent/"
+                                          r"\*\.jpg'\] matched no files \(pass --allow_empty"):
         run(["--input", str(tmp_path / "nonexistent" / "*.jpg"), "--output", str(tmp_path / "o")])
+    empty_list = tmp_path / "empty.txt"
+    empty_list.write_text("# nothing today\n\n")
+    with pytest.raises(ConfigError, match=r"--input_list .*empty.txt names no URI"):
+        run(["--input_list", str(empty_list), "--output", str(tmp_path / "o1")])
+    allowed = run(["--input", str(tmp_path / "nonexistent" / "*.jpg"), "--input_list",
+                   str(empty_list), "--allow_empty", "--output", str(tmp_path / "o0")])
+    assert (allowed.ok, allowed.failed) == (0, 0)
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cli = subprocess.run([sys.executable, "-m", "pipeline.main", "--input",
+                          str(tmp_path / "nonexistent" / "*.jpg"), "--output",
+                          str(tmp_path / "o3")], cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == 2 and cli.stderr.startswith("error: expected images, but --input")
     # one empty glob beside one that matches is only a warning
     summary = run(["--input", str(tmp_path / "nonexistent" / "*.jpg"), "--input",
                    str(SAMPLES / "*.jpg"), "--output", str(tmp_path / "o2")])
