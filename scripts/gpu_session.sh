@@ -7,6 +7,7 @@
 #   ort step  (after ../shared/gpu/pack is unpacked):     ort
 #   GPU preprocessing (pack-trt with nvidia-dali-cuda120 nvidia-ml-py):
 #     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads
+#   issue 12/11 (after `test`, which builds open_nsfw.fp16.plan): soak-gpu profile-cpu
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/btw; ENG=$W/engines; mkdir -p "$ENG"
@@ -88,6 +89,28 @@ for step in "$@"; do
       for b in onnx-cuda onnx-tensorrt; do
         python3 -m pipeline.benchmark run --backend $b --model "$EFF" --label "ONNX Runtime $b" \
           --json "$OUT/bench-$b.json" 2>&1 | tail -3
+      done ;;
+    soak-gpu)     # 100k images through --preprocess gpu, RSS of every process each second
+      trt_env
+      python scripts/soak.py --count ${SOAK_COUNT:-100000} --unique 2000 --workdir $W/soak \
+        --pipeline_args "--backend tensorrt --engine $ENG/open_nsfw.fp16.plan --preprocess gpu" \
+        --label "GPU path (DALI + TensorRT fp16), H100, in-process DirectRunner" \
+        --json "$OUT/soak-gpu-h100.json" 2>&1 | tail -25 ;;
+    profile-cpu)  # py-spy over every process of the CPU path: 16 SDK workers, then in-process
+      trt_env
+      [ -f $W/corpus-imagenet/corpus.json ] || python scripts/make_corpus.py --profile imagenet \
+        --count ${CORPUS_COUNT:-10000} --output $W/corpus-imagenet > "$OUT/corpus-imagenet.json"
+      n=$(ls $W/corpus-imagenet/*.jpg | wc -l)
+      for mode in mp16 inprocess; do
+        extra=""; [ $mode = mp16 ] && extra="--direct_num_workers=16 --direct_running_mode=multi_processing"
+        rm -rf $W/prof-out-$mode
+        py-spy record --subprocesses --format raw --rate 100 -o "$OUT/prof-$mode.txt" -- \
+          python -m pipeline.main --input "$W/corpus-imagenet/*.jpg" --output $W/prof-out-$mode \
+          --backend tensorrt --engine $ENG/open_nsfw.fp16.plan --preprocess cpu $extra 2>&1 \
+          | grep -E "summary|py-spy>|rror" | tee "$OUT/prof-$mode.summary"
+        python scripts/profile_stages.py "$OUT/prof-$mode.txt" --images $n --rate 100 \
+          --label "CPU path $mode, H100 machine" --json "$OUT/stages-$mode.json"
+        gzip -f "$OUT/prof-$mode.txt"
       done ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
