@@ -187,15 +187,23 @@ def file_prefix(output: str, name: str, run_id: str) -> str:
     return FileSystems.join(output, f"{name}-{run_id}")
 
 
+def _part(prefix: str, part: str) -> str:
+    return f"{prefix}-{part}" if part else prefix
+
+
 class WriteJsonl(beam.PTransform):
-    """Dict records -> <output>/<name>-<run_id>-SSSSS-of-NNNNN.jsonl."""
+    """Dict records -> <output>/<name>-<run_id>[-<part>]-SSSSS-of-NNNNN.jsonl.
+
+    ``part`` names one of several sinks of the same output (one per pipeline branch);
+    readers match ``<name>-<run_id>-*`` and see them all."""
 
     name_prefix = ""
 
-    def __init__(self, output: str, run_id: str, name_prefix: Optional[str] = None) -> None:
+    def __init__(self, output: str, run_id: str, name_prefix: Optional[str] = None,
+                 part: str = "") -> None:
         super().__init__()
         self._output = output
-        self._name = file_prefix(output, name_prefix or self.name_prefix, run_id)
+        self._name = _part(file_prefix(output, name_prefix or self.name_prefix, run_id), part)
 
     def expand(self, pcoll: beam.PCollection) -> Any:
         return (pcoll
@@ -206,18 +214,20 @@ class WriteJsonl(beam.PTransform):
 class WritePredictions(beam.PTransform):
     """Prediction records -> <output>/predictions-*.jsonl or .parquet."""
 
-    def __init__(self, output: str, run_id: str, output_format: str = "jsonl") -> None:
+    def __init__(self, output: str, run_id: str, output_format: str = "jsonl",
+                 part: str = "") -> None:
         super().__init__()
         self._output = output
         self._run_id = run_id
         self._format = output_format
+        self._part = part
 
     def expand(self, pcoll: beam.PCollection) -> Any:
         if self._format == "parquet":
             return pcoll | "Write" >> beam.io.WriteToParquet(
-                file_prefix(self._output, PREDICTIONS, self._run_id), PREDICTION_SCHEMA,
-                file_name_suffix=".parquet")
-        return pcoll | WriteJsonl(self._output, self._run_id, PREDICTIONS)
+                _part(file_prefix(self._output, PREDICTIONS, self._run_id), self._part),
+                PREDICTION_SCHEMA, file_name_suffix=".parquet")
+        return pcoll | WriteJsonl(self._output, self._run_id, PREDICTIONS, self._part)
 
 
 class WriteDeadLetters(WriteJsonl):
