@@ -188,9 +188,12 @@ def _relabel_sof(data: bytes, *, marker: int = 0xC0, precision: int = 8) -> byte
 
 def test_a_file_dali_refuses_costs_only_itself(dali, nsfw_engines, report):
     """Split-and-retry on the GPU path, on the real runner: in a batch of 16, the files DALI
-    refuses come back with GPU_OK False (for the Pillow path) and every other row equals
-    its score in the clean batch. The pipeline's route keeps such files off the GPU
-    (Pillow refuses them at open); this reaches the runner directly to prove the net."""
+    refuses come back with GPU_OK False (for the Pillow path) and every other row keeps
+    its score from the clean batch within 0.005. Not bit-equal: the bisected sub-batches
+    can send an image to the other decoder (hardware vs CUDA nvJPEG); measured 0.00075 on
+    the H100. The pipeline's route keeps such files off the GPU (Pillow refuses the 12-bit
+    one at open; lossless frames take the Pillow path); this reaches the runner directly
+    to prove the net."""
     from transforms.handlers.model_handler import NumpyModelHandler
     from transforms.runtime.gpu_preprocess import DaliOptions
     from transforms.runtime.tensorrt.gpu_runner import GPU_OK, TrtDaliLoader
@@ -217,6 +220,7 @@ def test_a_file_dali_refuses_costs_only_itself(dali, nsfw_engines, report):
     report["dali_refused_positions"] = refused
     assert all(ok_clean)
     assert refused and set(refused) <= set(bad), refused
-    for i in set(range(16)) - set(refused):
-        if i not in bad:
-            np.testing.assert_allclose(mixed[i], clean[i], atol=1e-4)
+    good = [i for i in range(16) if i not in bad]
+    moved = max(float(np.abs(mixed[i] - clean[i]).max()) for i in good)
+    report["dali_split_good_rows_max_abs_diff"] = moved
+    assert moved <= 0.005, moved
