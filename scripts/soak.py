@@ -188,8 +188,9 @@ def _plot(report: Dict, path: str) -> None:
                    label=f"{report['mark_images']:,} images")
     ax.set_xlabel("seconds")
     ax.set_ylabel("RSS (MB)")
-    ax.set_title(f"soak: {report['images']:,} images {report['label']} "
-                 f"(growth after mark {report['growth_after_mark']:.1%})")
+    ax.set_title(f"soak: {report['images']:,} images, RSS growth after "
+                 f"{report['mark_images']:,}: {report['growth_after_mark']:.1%}\n"
+                 f"{report['label']}", fontsize=9)
     ax.legend(loc="lower right")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
