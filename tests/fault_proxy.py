@@ -2,7 +2,7 @@
 
 Why a proxy and not a mock: the storage client, Beam's GcsIO and their retry machinery
 run unchanged; only the wire misbehaves, the way GCS does under load. Each request is,
-by a seeded draw, passed through, answered 503, reset (TCP RST before any response
+by a seeded draw, passed through, answered 429 or 503, reset (TCP RST before any response
 byte) or stalled (held, then passed through). An object named in ``vanish`` is deleted
 upstream just before its first media read, so it disappears between listing and
 reading exactly as a concurrent delete would. The emulator's own address in response
@@ -27,7 +27,7 @@ from typing import Dict, FrozenSet, Iterable, Optional, Tuple
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate"}
-FAULTS = ("503", "reset", "stall")
+FAULTS = ("429", "503", "reset", "stall")
 
 
 @dataclass
@@ -145,10 +145,11 @@ class FaultProxy:
             h.close_connection = True
             h.wfile = io.BytesIO()           # the handler's final flush goes nowhere
             return
-        if kind == "503":
-            payload = json.dumps({"error": {"code": 503, "message": "injected by FaultProxy"}
+        if kind in ("429", "503"):
+            code = int(kind)
+            payload = json.dumps({"error": {"code": code, "message": "injected by FaultProxy"}
                                   }).encode()
-            self._reply(h, 503, [("Content-Type", "application/json")], payload)
+            self._reply(h, code, [("Content-Type", "application/json")], payload)
             return
         if kind == "stall":
             time.sleep(self.plan.stall_s)

@@ -299,3 +299,18 @@ def test_only_remote_runs_without_the_flag_return_at_submission():
     assert waits("DirectRunner", False) and waits("apache_beam.runners.PrismRunner", False)
     assert not waits("DataflowRunner", False)
     assert waits("DataflowRunner", True)
+
+
+def test_a_run_where_every_file_is_undecodable_fails_unless_allowed(tmp_path):
+    from pipeline.budget import FailureBudgetExceeded
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        (images / f"note-{i}.jpg").write_text("not an image")
+    args = ["--input", str(images / "*")]
+    with pytest.raises(FailureBudgetExceeded, match=r"100.0% of images failed.*ok=0 failed=4"
+                                                    r"(.|\n)*4 x decode/UndecodableImage"):
+        run(args + ["--output", str(tmp_path / "o1")])
+    summary = run(args + ["--output", str(tmp_path / "o2"), "--max_failed_fraction", "1"])
+    assert (summary.ok, summary.failed) == (0, 4)

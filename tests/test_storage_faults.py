@@ -53,7 +53,7 @@ def _run_through(proxy: FaultProxy, argv: List[str]):
             os.environ["STORAGE_EMULATOR_HOST"] = old
 
 
-def test_503s_resets_and_stalls_on_reads_are_retried(gcs_emulator, gcs_client, tmp_path):
+def test_429s_503s_resets_and_stalls_on_reads_are_retried(gcs_emulator, gcs_client, tmp_path):
     uris = _upload_samples(gcs_client.bucket("bucket"), "faults", copies=2)
     plan = FaultPlan(fraction=0.2, seed=7, stall_s=2.0)
     summary = _run_through(FaultProxy(gcs_emulator, plan),
@@ -63,7 +63,7 @@ def test_503s_resets_and_stalls_on_reads_are_retried(gcs_emulator, gcs_client, t
         {"images": len(uris), "predicted": len(preds), "dead_lettered": len(errors),
          "lost": len(set(uris) - set(preds) - {e["uri"] for e in errors}),
          "duplicated": len(preds) - len(set(preds)), **faults_summary(plan)}))
-    assert all(plan.injected[k] > 0 for k in ("503", "reset", "stall")), plan.injected
+    assert all(plan.injected[k] > 0 for k in ("429", "503", "reset", "stall")), plan.injected
     assert errors == []
     assert sorted(preds) == sorted(uris)          # each exactly once
     assert summary.ok == len(uris) and summary.failed == 0
