@@ -90,6 +90,20 @@ for step in "$@"; do
         python3 -m pipeline.benchmark run --backend $b --model "$EFF" --label "ONNX Runtime $b" \
           --json "$OUT/bench-$b.json" 2>&1 | tail -3
       done ;;
+    nsfw-plan)    # the open_nsfw fp16 plan the tests build (profile 1/16/32), without the tests
+      trt_env
+      NSFW=$(python -c "from transforms.runtime.storage import bundled_model_path as b; print(b('bundled://open_nsfw'))")
+      [ -f $ENG/open_nsfw.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/open_nsfw.fp16.plan \
+        --fp16 --opt_batch 16 2>&1 | tail -2 | tee "$OUT/build-nsfw-plan.log" ;;
+    scale)        # steady state: long runs (startup amortised) over SDK-worker counts
+      trt_env
+      for run in ${SCALE_RUNS:-gpu:4:100000 gpu:8:100000 cpu:16:30000}; do
+        IFS=: read -r pre workers count <<< "$run"
+        python scripts/soak.py --count $count --unique 2000 --workdir $W/soak \
+          --pipeline_args "--backend tensorrt --engine $ENG/open_nsfw.fp16.plan --preprocess $pre --direct_num_workers=$workers --direct_running_mode=multi_processing" \
+          --label "$pre path, $workers SDK workers, H100" \
+          --json "$OUT/scale-$pre-$workers-$count.json" 2>&1 | tail -1 | cut -c1-600
+      done ;;
     soak-gpu)     # 100k images through --preprocess gpu, RSS of every process each second
       trt_env
       python scripts/soak.py --count ${SOAK_COUNT:-100000} --unique 2000 --workdir $W/soak \
