@@ -11,15 +11,20 @@
 #   OUTPUT (gs://$BUCKET/scores)   BACKEND (tensorrt)   ENGINE (none)   ENGINE_CACHE (none)
 #   MODEL (bundled open_nsfw)      MODEL_SPEC (none)    TRT_PRECISION (fp16)
 #   GPU_TYPE (nvidia-l4)           GPU_COUNT (1)        MACHINE_TYPE (g2-standard-8)
-#   MAX_WORKERS (4)                DISK_SIZE_GB (100)   HARNESS_THREADS (8)
+#   MAX_WORKERS (4)                DISK_SIZE_GB (100)   HARNESS_THREADS (2)
+#   SDK_PROCESSES (per-vcpu, or 1: one SDK process per worker with HARNESS_THREADS threads)
 #   MAX_BATCH (32)                 JOB_NAME (beam-trt-inference-<UTC time>)
 #   WAIT (1: block until the job ends, print the summary and exit 3 when over the failure
 #         budget, --max_failed_fraction / --max_failed; 0: return once submitted)
 #
-# One SDK process per worker (--experiments=no_use_multiple_sdk_containers): Dataflow
-# otherwise starts one SDK process per vCPU, each of which would load its own engine and
-# CUDA context onto the one GPU. HARNESS_THREADS threads in that process decode and
-# preprocess in parallel and share the one engine (its runs are serialized per batch).
+# One SDK process per vCPU (Dataflow's own default), each with its own engine, CUDA context
+# and DALI pipeline, and HARNESS_THREADS threads. Measured on the H100 machine (16 cores,
+# docs/benchmarks.md, "Long runs"): processes scale, threads do not. The GPU path went
+# 1,158 -> 4,284 -> ~7,700 images/s with 1 -> 4 -> 8 processes; 16 threads in one process
+# gave 1.7x one thread. Memory per process: about 0.85 GB host RSS and 1.5-2 GB of GPU
+# memory (GPU path), so 8 fit a g2-standard-8 (32 GB, L4 24 GB). SDK_PROCESSES=1 restores
+# one process per worker (--experiments=no_use_multiple_sdk_containers) for models too
+# large for one copy per vCPU; pair it with more HARNESS_THREADS or --model_copies.
 # --dry-run prints the command instead of running it. The launcher's own preflight
 # (pipeline/preflight.py) checks GPU type, image Beam version and output before submitting.
 set -euo pipefail
@@ -51,8 +56,7 @@ cmd=(python -m pipeline.main
   --machine_type "${MACHINE_TYPE:-g2-standard-8}"
   --max_num_workers "${MAX_WORKERS:-4}"
   --disk_size_gb "${DISK_SIZE_GB:-100}"
-  --number_of_worker_harness_threads "${HARNESS_THREADS:-8}"
-  --experiments no_use_multiple_sdk_containers
+  --number_of_worker_harness_threads "${HARNESS_THREADS:-2}"
   --backend "$BACKEND"
   --output "${OUTPUT:-gs://$BUCKET/scores}"
   --max_batch_size "${MAX_BATCH:-32}")
@@ -68,6 +72,7 @@ fi
 if [ "$BACKEND" = "onnx" ]; then
   cmd+=(--onnx_providers "CUDAExecutionProvider,CPUExecutionProvider")
 fi
+[ "${SDK_PROCESSES:-per-vcpu}" = 1 ] && cmd+=(--experiments no_use_multiple_sdk_containers)
 [ "${WAIT:-1}" = 1 ] && cmd+=(--wait_until_finish)
 cmd+=("$@")
 

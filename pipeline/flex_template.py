@@ -19,8 +19,9 @@ BEAM_PARAMETERS = [
                             "(tag ...-beam<version> equal to the launcher's Beam)."),
     ("sdk_location", "Set to 'container': the Beam SDK comes from the image."),
     ("dataflow_service_options", "worker_accelerator=type:GPU;count:N;install-nvidia-driver"),
-    ("experiments", "no_use_multiple_sdk_containers: one SDK process, one engine per GPU."),
-    ("number_of_worker_harness_threads", "Threads of the one SDK process (decode in parallel)."),
+    ("experiments", "Leave unset for one SDK process per vCPU (measured fastest); "
+                    "no_use_multiple_sdk_containers for one process per worker."),
+    ("number_of_worker_harness_threads", "Threads per SDK process (2 by run_dataflow.sh)."),
 ]
 
 

@@ -82,8 +82,8 @@ def test_run_dataflow_sh_dry_run():
     assert flag("--dataflow_service_options") == (
         "worker_accelerator=type:nvidia-h100-80gb;count:1;install-nvidia-driver")
     assert flag("--machine_type") == "a3-highgpu-1g" and flag("--disk_size_gb") == "100"
-    assert flag("--number_of_worker_harness_threads") == "8"
-    assert flag("--experiments") == "no_use_multiple_sdk_containers"
+    assert flag("--number_of_worker_harness_threads") == "2"
+    assert "--experiments" not in args           # one SDK process per vCPU (measured)
     assert flag("--engine_cache") == "gs://my-bucket/engines" and flag("--top_k") == "2"
     assert flag("--setup_file") == "./setup.py" and flag("--temp_location") == "gs://my-bucket/tmp"
     # waits for the job, so the failure budget (flags passed through) sets the exit status
@@ -92,6 +92,11 @@ def test_run_dataflow_sh_dry_run():
                             env=dict(env, WAIT="0"), capture_output=True, text=True,
                             check=True).stdout.split()
     assert "--wait_until_finish" not in nowait
+    one = subprocess.run(["bash", str(ROOT / "run_dataflow.sh"), "--dry-run"],
+                         env=dict(env, SDK_PROCESSES="1", HARNESS_THREADS="8"),
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert one[one.index("--experiments") + 1] == "no_use_multiple_sdk_containers"
+    assert one[one.index("--number_of_worker_harness_threads") + 1] == "8"
 
 
 def test_run_dataflow_sh_names_missing_settings():
