@@ -1,10 +1,13 @@
 """`python -m pipeline.benchmark`: the seed's latency table, on any ONNX model or engine.
 
-Two subcommands:
+Subcommands:
 
-    run     one backend in this process -> JSON (run each backend in its own process:
-            TensorRT 8.6 lives in Python 3.10 here, onnxruntime-gpu in Python 3.12)
-    report  several JSON files -> one markdown table + a PNG bar chart
+    run       one backend in this process -> JSON (run each backend in its own process:
+              TensorRT 8.6 lives in Python 3.10 here, onnxruntime-gpu in Python 3.12)
+    report    several JSON files -> one markdown table + a PNG bar chart
+    pipeline  engine, DALI, end to end (gpu and cpu paths) and stock Beam over one corpus
+    sharing   the CPU path on every core: threads, processes, a shared engine, pool ceiling
+    gpus      one GPU against every visible GPU, with per-GPU images, utilisation, memory
 
 Host<->host time is what the seed measured: numpy batch in, numpy result out, with
 every copy included. GPU-only time excludes the host copies: CUDA events around
@@ -131,9 +134,13 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
-def _timed_child(args: List[str]) -> Dict[str, Any]:
+def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
+                 devices: Sequence[int] = ()) -> Dict[str, Any]:
     """Run one end-to-end configuration in a fresh process while NVML samples the GPU;
-    images/s is the child's own summary (ok / wall), CPU % its user + system time / wall."""
+    images/s is the child's own summary (ok / wall), CPU % its user + system time / wall.
+    ``devices`` (NVML indices, which ignore CUDA_VISIBLE_DEVICES) are sampled one by one
+    into ``per_gpu``; GPU 0 is always the headline sampler."""
+    import contextlib
     import resource
     import subprocess
 
@@ -141,8 +148,11 @@ def _timed_child(args: List[str]) -> Dict[str, Any]:
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    with GpuSampler() as sampler:
-        done = subprocess.run([sys.executable] + args, capture_output=True, text=True)
+    with contextlib.ExitStack() as stack:
+        sampler = stack.enter_context(GpuSampler())
+        per_gpu = {d: stack.enter_context(GpuSampler(d)) for d in devices}
+        done = subprocess.run([sys.executable] + args, capture_output=True, text=True,
+                              env=None if env is None else {**os.environ, **env})
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -152,6 +162,8 @@ def _timed_child(args: List[str]) -> Dict[str, Any]:
               "summary": line, "images_per_s": float(fields.get("images/s", "nan")),
               "ok": int(fields.get("ok", "0")), "process_wall_s": wall,
               "cpu_percent": 100.0 * cpu / wall if wall > 0 else None, **sampler.summary()}
+    if devices:
+        record["per_gpu"] = {str(d): g.summary() for d, g in per_gpu.items()}
     if done.returncode:
         record["stderr_tail"] = done.stderr[-2000:]
     return record
@@ -296,6 +308,72 @@ def cmd_sharing(a: argparse.Namespace) -> int:
     return 0 if all(r["returncode"] == 0 for r in rows.values()) else 3
 
 
+def images_by_device(output: str) -> Dict[str, int]:
+    """Images each device scored, summed over a run's bundle records (``cuda:N`` as the
+    SDK process saw it, so relative to its CUDA_VISIBLE_DEVICES)."""
+    from transforms.io import read_jsonl
+
+    counts: Dict[str, int] = {}
+    for record in read_jsonl(os.path.join(output, "bundles-*.jsonl")):
+        for device, n in record.get("images_by_device", {}).items():
+            counts[device] = counts.get(device, 0) + int(n)
+    return counts
+
+
+def visible_gpus() -> List[int]:
+    """NVML indices of the GPUs this process may use (CUDA_VISIBLE_DEVICES as indices)."""
+    from transforms.runtime import cuda
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([int(x) for x in visible.split(",") if x.strip().isdigit()]
+            if visible is not None else list(range(cuda.device_count())))
+    if not gpus:
+        raise SystemExit(f"benchmark gpus: expected at least one visible GPU, got none "
+                         f"(CUDA_VISIBLE_DEVICES={visible!r})")
+    return gpus
+
+
+def cmd_gpus(a: argparse.Namespace) -> int:
+    """The same run on one GPU and on every visible GPU of the machine: images/s, and per
+    GPU the images scored (bundle records), NVML utilisation and memory."""
+    gpus = visible_gpus()
+    files = sorted(glob.glob(_corpus_glob(a)))
+    workers = a.workers or 4 * len(gpus)
+    record: Dict[str, Any] = {
+        "corpus": a.corpus_name, "images": len(files), "batch_size": a.batch, "plan": a.engine,
+        "gpu": device_name(), "gpus": len(gpus), "cores": os.cpu_count(),
+        "preprocess": a.preprocess, "sdk_processes": workers,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
+    }
+    runs = {}
+    for name, use in (("one_gpu", gpus[:1]), ("all_gpus", gpus)):
+        out = tempfile.mkdtemp(prefix=f"gpus-{name}-")
+        r = _timed_child(_main_command(
+            a, "--preprocess", a.preprocess, f"--direct_num_workers={workers}",
+            "--direct_running_mode=multi_processing", "--output", out),
+            env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, use))}, devices=gpus)
+        r["visible"] = use
+        r["images_by_device"] = images_by_device(out)
+        runs[name] = r
+    record["runs"] = runs
+    record["one_gpu_images_per_s"] = runs["one_gpu"]["images_per_s"]
+    record["all_gpus_images_per_s"] = runs["all_gpus"]["images_per_s"]
+    if len(gpus) == 2:
+        record["two_gpu_images_per_s"] = record["all_gpus_images_per_s"]
+    record["speedup"] = record["all_gpus_images_per_s"] / record["one_gpu_images_per_s"]
+    with open(a.json, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"| {a.preprocess} path, {len(files)} images, {workers} SDK processes | images/s "
+          "| images per GPU | GPU util % per GPU |\n| --- | --- | --- | --- |")
+    for name, r in runs.items():
+        util = {d: _fmt(g.get("gpu_util_mean"), digits=0) for d, g in r["per_gpu"].items()}
+        print(f"| {name} ({r['visible']}) | {r['images_per_s']:.0f} | "
+              f"{r['images_by_device']} | {util} |")
+    print(f"speedup all/one: {record['speedup']:.2f}")
+    return 0 if all(r["returncode"] == 0 for r in runs.values()) else 3
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -339,6 +417,17 @@ def make_parser() -> argparse.ArgumentParser:
     sh.add_argument("--workers", type=int, default=16)
     sh.add_argument("--json", required=True)
     sh.set_defaults(fn=cmd_sharing)
+    gp = sub.add_parser("gpus", help="one GPU against every visible GPU: images/s, and per "
+                                     "GPU the images scored, utilisation and memory")
+    gp.add_argument("--engine", required=True)
+    gp.add_argument("--corpus", required=True)
+    gp.add_argument("--corpus_name", required=True)
+    gp.add_argument("--batch", type=int, default=32)
+    gp.add_argument("--preprocess", choices=("gpu", "cpu"), default="gpu")
+    gp.add_argument("--workers", type=int, default=None,
+                    help="SDK processes (DirectRunner multi_processing); default 4 per GPU")
+    gp.add_argument("--json", required=True)
+    gp.set_defaults(fn=cmd_gpus)
     return p
 
 

@@ -7,7 +7,8 @@
 #   ort step  (after ../shared/gpu/pack is unpacked):     ort
 #   GPU preprocessing (pack-trt with nvidia-dali-cuda120 nvidia-ml-py):
 #     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads
-#   issue 12/11 (after `test`, which builds open_nsfw.fp16.plan): soak-gpu profile-cpu
+#   issue 12/11 (after `test` or `nsfw-plan`, which build open_nsfw.fp16.plan): soak-gpu
+#     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/btw; ENG=$W/engines; mkdir -p "$ENG"
@@ -103,6 +104,15 @@ for step in "$@"; do
           --pipeline_args "--backend tensorrt --engine $ENG/open_nsfw.fp16.plan --preprocess $pre --direct_num_workers=$workers --direct_running_mode=multi_processing" \
           --label "$pre path, $workers SDK workers, H100" \
           --json "$OUT/scale-$pre-$workers-$count.json" 2>&1 | tail -1 | cut -c1-600
+      done ;;
+    gpus)         # issue 13: one GPU against every visible GPU, both paths (run nsfw-plan first)
+      trt_env
+      [ -f $W/corpus-imagenet/corpus.json ] || python scripts/make_corpus.py --profile imagenet \
+        --count ${CORPUS_COUNT:-10000} --output $W/corpus-imagenet > "$OUT/corpus-imagenet.json"
+      n=$(nvidia-smi -L | wc -l)
+      for pre in gpu cpu; do
+        python -m pipeline.benchmark gpus --engine $ENG/open_nsfw.fp16.plan --corpus $W/corpus-imagenet \
+          --corpus_name imagenet --preprocess $pre --json "$OUT/pipeline-h100x$n-imagenet-$pre.json" 2>&1 | tail -5
       done ;;
     soak-gpu)     # 100k images through --preprocess gpu, RSS of every process each second
       trt_env

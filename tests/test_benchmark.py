@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import importlib.util
 import json
 
@@ -30,3 +32,25 @@ def test_run_and_report(tiny_model, tmp_path):
     assert "| onnx-cpu |" in text and "unavailable" in text and "batch 5" in text
     if has_mpl:
         assert png.stat().st_size > 1000
+
+
+def test_images_by_device_sums_a_runs_bundle_records(tmp_path):
+    """What `benchmark gpus` reports per GPU: the bundle records' per-device counts."""
+    from pipeline.benchmark import images_by_device
+    from pipeline.main import run
+    from tests.conftest import SAMPLES
+
+    summary = run(["--input", str(SAMPLES / "*.jpg"), "--output", str(tmp_path)])
+    counts = images_by_device(str(tmp_path))
+    assert sum(counts.values()) == summary.ok == 6
+    assert list(counts) == ["cpu"]
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    from pipeline.benchmark import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert visible_gpus() == [0, 1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(SystemExit, match="expected at least one visible GPU"):
+        visible_gpus()
