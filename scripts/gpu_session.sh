@@ -105,7 +105,9 @@ for step in "$@"; do
           --label "$pre path, $workers SDK workers, H100" \
           --json "$OUT/scale-$pre-$workers-$count.json" 2>&1 | tail -1 | cut -c1-600
       done ;;
-    gpus)         # issue 13: one GPU against every visible GPU, both paths (run nsfw-plan first)
+    gpus)         # issue 13: one GPU against every visible GPU, both paths (run nsfw-plan first).
+                  # Start-up of the SDK processes is 25-35 s (docs/benchmarks.md, "Long runs"):
+                  # for the two-GPU proof use CORPUS_COUNT=100000 so it does not dominate.
       trt_env
       [ -f $W/corpus-imagenet/corpus.json ] || python scripts/make_corpus.py --profile imagenet \
         --count ${CORPUS_COUNT:-10000} --output $W/corpus-imagenet > "$OUT/corpus-imagenet.json"
