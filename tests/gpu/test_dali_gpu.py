@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, SAMPLES, sample_paths
+from tests.conftest import ROOT, sample_paths
 from tests.images import truncated_jpeg
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
