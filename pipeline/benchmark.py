@@ -8,6 +8,7 @@ Subcommands:
     pipeline  engine, DALI, end to end (gpu and cpu paths) and stock Beam over one corpus
     sharing   the CPU path on every core: threads, processes, a shared engine, pool ceiling
     gpus      one GPU against every visible GPU, with per-GPU images, utilisation, memory
+    stages    per-stage ms per image of a finished run, per process (its bundle records)
 
 Host<->host time is what the seed measured: numpy batch in, numpy result out, with
 every copy included. GPU-only time excludes the host copies: CUDA events around
@@ -320,6 +321,58 @@ def images_by_device(output: str) -> Dict[str, int]:
     return counts
 
 
+STAGES = ("read_ms", "decode_ms", "preprocess_ms", "inference_ms", "postprocess_ms")
+
+
+def stage_costs(output: str) -> Dict[str, Any]:
+    """Per-image cost of each stage from a run's bundle records (the product's own
+    timings, so they need no profiler): read, decode, preprocess, inference (each batch's
+    time counted once), postprocess, and the rest of each bundle's wall time (Beam's own
+    work between DoFns, batching waits, writes). Per process, and for the run."""
+    from transforms.io import read_jsonl
+
+    per_pid: Dict[str, Dict[str, float]] = {}
+    for record in read_jsonl(os.path.join(output, "bundles-*.jsonl")):
+        acc = per_pid.setdefault(f"{record['worker']}:{record['pid']}",
+                                 {"images": 0, "wall_ms": 0.0, **{k: 0.0 for k in STAGES}})
+        acc["images"] += record["images"]
+        acc["wall_ms"] += record["wall_ms"]
+        for k in STAGES:
+            acc[k] += record.get(k, 0.0)
+    total = {"images": 0, "wall_ms": 0.0, **{k: 0.0 for k in STAGES}}
+    for acc in per_pid.values():
+        for k in total:
+            total[k] += acc[k]
+
+    def per_image(acc: Dict[str, float]) -> Dict[str, float]:
+        n = max(acc["images"], 1)
+        row = {k.replace("_ms", "_ms_per_image"): round(acc[k] / n, 3) for k in STAGES}
+        staged = sum(acc[k] for k in STAGES)
+        row["other_ms_per_image"] = round(max(acc["wall_ms"] - staged, 0.0) / n, 3)
+        row["bundle_wall_ms_per_image"] = round(acc["wall_ms"] / n, 3)
+        row["images"] = int(acc["images"])
+        return row
+
+    return {"processes": len(per_pid), "run": per_image(total),
+            "per_process": {pid: per_image(acc) for pid, acc in sorted(per_pid.items())}}
+
+
+def cmd_stages(a: argparse.Namespace) -> int:
+    costs = stage_costs(a.output)
+    cols = [k.replace("_ms", "_ms_per_image") for k in STAGES] + ["other_ms_per_image",
+                                                                   "bundle_wall_ms_per_image"]
+    print("| process | images | " + " | ".join(c.replace("_ms_per_image", "") for c in cols)
+          + " |\n|" + " --- |" * (len(cols) + 2))
+    for name, row in list(costs["per_process"].items()) + [("run", costs["run"])]:
+        print(f"| {name} | {row['images']} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + " |")
+    print("(ms per image; inference is each batch's time counted once; 'other' is the rest "
+          "of the bundles' wall time)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(costs, f, indent=2)
+    return 0
+
+
 def visible_gpus() -> List[int]:
     """NVML indices of the GPUs this process may use (CUDA_VISIBLE_DEVICES as indices)."""
     from transforms.runtime import cuda
@@ -428,6 +481,11 @@ def make_parser() -> argparse.ArgumentParser:
                     help="SDK processes (DirectRunner multi_processing); default 4 per GPU")
     gp.add_argument("--json", required=True)
     gp.set_defaults(fn=cmd_gpus)
+    st = sub.add_parser("stages", help="per-stage ms per image of a finished run, per "
+                                       "process, from its bundle records")
+    st.add_argument("--output", required=True, help="the run's --output")
+    st.add_argument("--json")
+    st.set_defaults(fn=cmd_stages)
     return p
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -155,12 +156,16 @@ def main() -> int:
         "processes_seen": len({p for s in samples for p in s["rss_mb"]}),
         "cores": os.cpu_count(), "samples": samples, "progress": progress,
         "log_tail": log[-20:],
+        "stages": _stages(out),
     }
     print(f"{'t_s':>8} {'written':>9} {'total_rss_mb':>13}")
     for p in progress[:: max(1, len(progress) // 20)]:
         near = min(samples, key=lambda s: abs(s["t"] - p["t"]))
         print(f"{p['t']:8.0f} {p['written']:9d} {near['total_mb']:13.0f}")
-    brief = {k: v for k, v in report.items() if k not in ("samples", "progress", "log_tail")}
+    brief = {k: v for k, v in report.items()
+             if k not in ("samples", "progress", "log_tail", "stages")}
+    if report["stages"] and "run" in report["stages"]:
+        print("stages, ms per image (whole run):", json.dumps(report["stages"]["run"]))
     print(json.dumps(brief))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +173,16 @@ def main() -> int:
     if args.png:
         _plot(report, args.png)
     return 0 if proc.returncode == 0 and report["flat"] else 1
+
+
+def _stages(out: Path) -> Optional[Dict]:
+    """Per-stage ms per image, per process, from the run's bundle records."""
+    from pipeline.benchmark import stage_costs
+
+    try:
+        return stage_costs(str(out))
+    except Exception as exc:  # noqa: BLE001 - the soak's verdict does not depend on it
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _plot(report: Dict, path: str) -> None:

@@ -54,3 +54,23 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(SystemExit, match="expected at least one visible GPU"):
         visible_gpus()
+
+
+def test_stage_costs_from_a_runs_bundle_records(tmp_path, capsys):
+    from pipeline.benchmark import main as bench_main, stage_costs
+    from pipeline.main import run
+    from tests.conftest import SAMPLES
+
+    run(["--input", str(SAMPLES / "*.jpg"), "--output", str(tmp_path / "out")])
+    costs = stage_costs(str(tmp_path / "out"))
+    row = costs["run"]
+    assert costs["processes"] == 1 and row["images"] == 6
+    assert row["decode_ms_per_image"] > 0 and row["preprocess_ms_per_image"] > 0
+    assert row["read_ms_per_image"] > 0 and row["inference_ms_per_image"] > 0
+    staged = sum(v for k, v in row.items() if k.endswith("_ms_per_image")
+                 and k not in ("other_ms_per_image", "bundle_wall_ms_per_image"))
+    assert staged <= row["bundle_wall_ms_per_image"] + 1e-6 or row["other_ms_per_image"] == 0
+    assert bench_main(["stages", "--output", str(tmp_path / "out"),
+                       "--json", str(tmp_path / "s.json")]) == 0
+    assert "| run | 6 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["run"]["images"] == 6

@@ -14,7 +14,7 @@ from transforms.records import METRICS_NAMESPACE
 
 def _pred(i: int, batch: str, size: int, ms: float) -> Prediction:
     return Prediction(f"u{i}", ({"label": "a", "score": 1.0},), "m", "s", "onnx",
-                      "gpu" if i == 2 else "cpu", batch, size, 1.0, 2.0, ms, 0.5)
+                      "gpu" if i == 2 else "cpu", batch, size, 1.0, 2.0, ms, 0.5, read_ms=0.25)
 
 
 def test_percentile_nearest_rank():
@@ -37,6 +37,7 @@ def test_bundle_records_and_counters():
         for b in bundles:
             assert b["wall_ms"] > 0 and b["images_per_s"] > 0
             assert b["decode_ms"] == b["images"] * 1.0
+            assert b["read_ms"] == b["images"] * 0.25
             assert set(b) >= {"bundle_id", "worker", "pid", "preprocess_ms", "inference_ms",
                               "postprocess_ms", "batch_ms"}
 

@@ -48,7 +48,8 @@ class BundleMetrics(beam.DoFn):
         self._start = time.perf_counter()
         self._images = 0
         self._batches: Dict[str, tuple] = {}
-        self._sums = {"decode_ms": 0.0, "preprocess_ms": 0.0, "postprocess_ms": 0.0}
+        self._sums = {"read_ms": 0.0, "decode_ms": 0.0, "preprocess_ms": 0.0,
+                      "postprocess_ms": 0.0}
         self._paths: Counter = Counter()
         self._devices: Counter = Counter()
 
@@ -63,6 +64,7 @@ class BundleMetrics(beam.DoFn):
         self._paths[p.preprocess] += 1
         if p.device:
             self._devices[p.device] += 1
+        self._sums["read_ms"] += p.read_ms
         self._sums["decode_ms"] += p.decode_ms
         self._sums["preprocess_ms"] += p.preprocess_ms
         self._sums["postprocess_ms"] += p.postprocess_ms
@@ -84,6 +86,7 @@ class BundleMetrics(beam.DoFn):
             "batches": len(self._batches),
             "batch_sizes": [size for size, _ in self._batches.values()],
             "batch_ms": [round(ms, 3) for ms in batch_ms],
+            "read_ms": round(self._sums["read_ms"], 3),
             "decode_ms": round(self._sums["decode_ms"], 3),
             "preprocess_ms": round(self._sums["preprocess_ms"], 3),
             "inference_ms": round(sum(batch_ms), 3),

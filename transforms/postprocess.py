@@ -60,6 +60,7 @@ class Prediction:
     inference_ms: float
     postprocess_ms: float
     device: str = ""
+    read_ms: float = 0.0
 
     def to_record(self) -> Dict[str, Any]:
         return {
@@ -127,4 +128,5 @@ class Postprocess(beam.DoFn):
             decode_ms=key.timings.get("decode", 0.0),
             preprocess_ms=key.timings.get("preprocess", 0.0),
             inference_ms=batch.ms if batch else 0.0,
-            postprocess_ms=(time.perf_counter() - start) * 1000.0)
+            postprocess_ms=(time.perf_counter() - start) * 1000.0,
+            read_ms=key.timings.get("read", 0.0))
