@@ -135,21 +135,28 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _output_of(args: Sequence[str]) -> Optional[str]:
+    return args[args.index("--output") + 1] if "--output" in args else None
+
+
 def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
                  devices: Sequence[int] = ()) -> Dict[str, Any]:
     """Run one end-to-end configuration in a fresh process while NVML samples the GPU;
     images/s is the child's own summary (ok / wall), CPU % its user + system time / wall.
     ``devices`` (NVML indices, which ignore CUDA_VISIBLE_DEVICES) are sampled one by one
-    into ``per_gpu``; GPU 0 is always the headline sampler."""
+    into ``per_gpu``; GPU 0 is always the headline sampler. When the child writes to an
+    --output, its shards are watched too, for the steady rate without start-up."""
     import contextlib
     import resource
     import subprocess
 
-    from transforms.runtime.benchmark import GpuSampler
+    from transforms.runtime.benchmark import GpuSampler, ShardProgress
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    out = _output_of(args)
     with contextlib.ExitStack() as stack:
+        progress = stack.enter_context(ShardProgress(out)) if out else None
         sampler = stack.enter_context(GpuSampler())
         per_gpu = {d: stack.enter_context(GpuSampler(d)) for d in devices}
         done = subprocess.run([sys.executable] + args, capture_output=True, text=True,
@@ -165,6 +172,8 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
               "cpu_percent": 100.0 * cpu / wall if wall > 0 else None, **sampler.summary()}
     if devices:
         record["per_gpu"] = {str(d): g.summary() for d, g in per_gpu.items()}
+    if progress is not None:
+        record.update(progress.steady_rate(record["ok"] + int(fields.get("failed", "0"))))
     if done.returncode:
         record["stderr_tail"] = done.stderr[-2000:]
     return record
@@ -221,6 +230,9 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     record["e2e_cpu_images_per_s"] = runs["e2e_cpu"]["images_per_s"]
     record["stock_beam_images_per_s"] = runs.get("stock_beam", {}).get("images_per_s")
     record["gpu_util_mean_gpu_path"] = runs["e2e_gpu"].get("gpu_util_mean")
+    # the same runs without their start-up (shard growth between 10% and 90% written)
+    record["e2e_gpu_steady_images_per_s"] = runs["e2e_gpu"].get("steady_images_per_s")
+    record["e2e_cpu_steady_images_per_s"] = runs["e2e_cpu"].get("steady_images_per_s")
     with open(a.json, "w") as f:
         json.dump(record, f, indent=2)
     rows = [("engine alone, host->host", record["engine_images_per_s"], None, None),
@@ -228,11 +240,13 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
             ("DALI preprocessing alone", record["gpu_preprocess_images_per_s"], None, None)]
     for name, r in runs.items():
         rows.append((name, r["images_per_s"], r.get("gpu_util_mean"), r.get("cpu_percent")))
+    steady = {name: r.get("steady_images_per_s") for name, r in runs.items()}
     print(f"| {a.corpus_name} ({len(files)} images, batch {a.batch}, {gpu_name}) | images/s "
-          "| GPU util % | CPU % |\n| --- | --- | --- | --- |")
+          "| steady images/s (no start-up) | GPU util % | CPU % |\n"
+          "| --- | --- | --- | --- | --- |")
     for name, ips, util, cpu in rows:
-        print(f"| {name} | {_fmt(ips, digits=1)} | {_fmt(util, digits=1)} | "
-              f"{_fmt(cpu, digits=0)} |")
+        print(f"| {name} | {_fmt(ips, digits=1)} | {_fmt(steady.get(name), digits=1)} | "
+              f"{_fmt(util, digits=1)} | {_fmt(cpu, digits=0)} |")
     return 0 if all(r["returncode"] == 0 for r in runs.values()) else 3
 
 

@@ -59,7 +59,7 @@ for step in "$@"; do
       trt_env
       for c in ${CORPORA:-imagenet uploads}; do
         [ -f $W/corpus-$c/corpus.json ] || python scripts/make_corpus.py --profile $c \
-          --count ${CORPUS_COUNT:-10000} --output $W/corpus-$c | tee "$OUT/corpus-$c.json"
+          --count ${CORPUS_COUNT:-10000} --links ${CORPUS_LINKS:-0} --output $W/corpus-$c | tee "$OUT/corpus-$c.json"
       done ;;
     build-nsfw)   # open_nsfw fp16: dynamic 1/32/64 for us, fixed 32 for Beam's stock handler
       trt_env

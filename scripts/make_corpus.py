@@ -134,6 +134,11 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True)
     p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--links", type=int, default=0,
+                   help="Also hard-link the generated files to this many more names "
+                        "(<profile>-lNNNNNNN.<ext>): long runs that amortise start-up "
+                        "without generating or storing more photos. Each name is its own "
+                        "URI to the pipeline.")
     a = p.parse_args(argv)
     os.makedirs(a.output, exist_ok=True)
     jobs = [(a.profile, a.seed, i, a.output) for i in range(a.count)]
@@ -144,7 +149,15 @@ def main(argv: List[str] = None) -> int:
         formats[ext] = formats.get(ext, 0) + 1
     sizes = sorted(n for _, n in made)
     info = {"profile": a.profile, "seed": a.seed, "count": a.count, "formats": formats,
-            "bytes_total": sum(sizes), "bytes_median": sizes[len(sizes) // 2]}
+            "bytes_total": sum(sizes), "bytes_median": sizes[len(sizes) // 2],
+            "links": a.links}
+    for j in range(a.links):
+        i = j % a.count
+        ext = made[i][0]
+        src = os.path.join(a.output, f"{a.profile}-{i:06d}.{ext}")
+        dst = os.path.join(a.output, f"{a.profile}-l{j:07d}.{ext}")
+        if not os.path.exists(dst):
+            os.link(src, dst)
     with open(os.path.join(a.output, "corpus.json"), "w") as f:
         json.dump(info, f, indent=2)
     print(json.dumps(info))

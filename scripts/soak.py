@@ -59,18 +59,9 @@ def _rss_mb(pid: int) -> Optional[float]:
 
 
 def _written(out: Path) -> int:
-    """Lines in the run's prediction and error shards so far (temporary or final)."""
-    total = 0
-    for path in out.rglob("*"):
-        name = path.name
-        if path.is_file() and ("predictions" in str(path) or "errors" in str(path)
-                               or name.startswith(".temp")) and "bundles" not in name:
-            try:
-                with open(path, "rb") as f:
-                    total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-            except OSError:
-                pass
-    return total
+    from transforms.runtime.benchmark import written_lines
+
+    return written_lines(str(out))
 
 
 def build_inputs(work: Path, count: int, unique: int, profile: str, seed: int) -> Path:

@@ -74,3 +74,35 @@ def test_stage_costs_from_a_runs_bundle_records(tmp_path, capsys):
                        "--json", str(tmp_path / "s.json")]) == 0
     assert "| run | 6 |" in capsys.readouterr().out
     assert json.loads((tmp_path / "s.json").read_text())["run"]["images"] == 6
+
+
+def test_shard_progress_measures_the_steady_rate_of_growing_shards(tmp_path):
+    """Lines written at about 1,000 per second into a temp shard, sampled from a thread."""
+    import time
+
+    from transforms.runtime.benchmark import ShardProgress
+
+    shard = tmp_path / "out" / "beam-temp-predictions-x" / "part.jsonl"
+    shard.parent.mkdir(parents=True)
+    (tmp_path / "out" / "bundles-x.jsonl").write_text("not counted\n" * 99)
+    with ShardProgress(str(tmp_path / "out"), period_s=0.05) as progress:
+        with open(shard, "w") as f:
+            for _ in range(40):
+                f.write('{"uri": "u"}\n' * 50)
+                f.flush()
+                time.sleep(0.05)
+        time.sleep(0.1)
+    rate = progress.steady_rate(2000)
+    assert progress.samples[-1][1] == 2000            # bundles-* is not counted
+    assert rate["steady_samples"] >= 5 and rate["first_output_s"] is not None
+    assert 300 < rate["steady_images_per_s"] < 1500, rate
+
+
+def test_timed_child_reports_the_run_and_its_first_output(tmp_path):
+    from pipeline.benchmark import _timed_child
+    from tests.conftest import SAMPLES
+
+    r = _timed_child(["-m", "pipeline.main", "--input", str(SAMPLES / "*.jpg"), "--output",
+                      str(tmp_path / "out")])
+    assert r["returncode"] == 0 and r["ok"] == 6
+    assert r["first_output_s"] is not None and "steady_images_per_s" in r
