@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional, Tuple
 from PIL import Image
 
 from transforms.decode_errors import DecodeError, ImageTooLarge, UndecodableImage
+from transforms.jpeg_structure import SOF_MARKERS, jpeg_segments
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
@@ -31,7 +32,6 @@ BOUNDED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "ICNS", "
 
 MAX_TIFF_PAGES = 1024      # pages walked; a file with more is refused
 MAX_J2K_TILES = 4096       # OpenJPEG allocates per-tile state before any pixel
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 Size = Tuple[int, int]
 
@@ -183,32 +183,10 @@ def check_webp(data: bytes, max_pixels: int) -> None:
 
 # --- JPEG / MPO --------------------------------------------------------------------
 
-def jpeg_segments(data: bytes, start: int = 0) -> Iterator[Tuple[int, int, int]]:
-    """(marker, payload offset, payload length) of each segment before SOS or EOI."""
-    if data[start:start + 2] != b"\xff\xd8":
-        raise UndecodableImage(f"expected a JPEG SOI marker at byte {start}")
-    pos = start + 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise UndecodableImage(f"expected a JPEG marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:                      # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):              # EOI, or SOS: entropy-coded data follows
-            return
-        (length,) = _unpack(">H", data, pos + 2, "JPEG marker")
-        yield marker, pos + 4, length - 2
-        pos += 2 + length
-
-
 def jpeg_size(data: bytes, start: int = 0) -> Optional[Size]:
     """The SOF width and height of the JPEG starting at ``start``; None if it has none."""
     for marker, off, _ in jpeg_segments(data, start):
-        if marker in _SOF_MARKERS:
+        if marker in SOF_MARKERS:
             h, w = _unpack(">HH", data, off + 1, "JPEG SOF")
             return w, h
     return None

@@ -12,10 +12,12 @@ Bytes after the EOI (camera trailers) are allowed. The walk skips entropy-coded 
 from __future__ import annotations
 
 import re
+from typing import Iterator, Tuple
 
 from transforms.decode_errors import UndecodableImage
 
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Start-of-frame markers (every coding process); C4 (DHT), C8 (JPG), CC (DAC) are not frames.
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
 
 
@@ -48,12 +50,17 @@ def _end_of_scan(data: bytes, pos: int) -> int:
     return found.start()
 
 
-def check_jpeg_structure(data: bytes) -> int:
-    """Raise UndecodableImage unless ``data`` is a structurally whole JPEG; return the
-    marker of its (first) frame header: 0xC0 baseline, 0xC2 progressive, 0xC3 lossless..."""
-    if data[:2] != b"\xff\xd8":
-        raise UndecodableImage(f"not a JPEG: expected SOI ff d8, got {data[:2].hex(' ')}")
-    pos, frame, scans = 2, 0, 0
+def jpeg_segments(data: bytes, start: int = 0, *, through_scans: bool = False
+                  ) -> Iterator[Tuple[int, int, int]]:
+    """(marker, payload offset, payload length) of each marker segment of the JPEG at
+    ``start``, the one walk both callers share. Header-only (``through_scans`` False) it
+    stops at the first SOS or EOI: enough for the sizes image_bounds checks. Through the
+    scans it skips each scan's entropy-coded data and ends at EOI, yielding EOI as
+    (0xD9, position, 0). Malformed or truncated structure raises UndecodableImage."""
+    if data[start:start + 2] != b"\xff\xd8":
+        raise UndecodableImage(f"not a JPEG: expected SOI ff d8 at byte {start}, got "
+                               f"{data[start:start + 2].hex(' ')}")
+    pos = start + 2
     while True:
         if pos + 2 > len(data):
             raise _truncated(f"JPEG ends at byte {len(data)} before its EOI marker")
@@ -65,26 +72,40 @@ def check_jpeg_structure(data: bytes) -> int:
             pos += 1
             continue
         if marker == 0xD9:                       # EOI
-            if not frame or not scans:
-                raise UndecodableImage(f"JPEG has EOI at byte {pos} but "
-                                       f"{'no frame header' if not frame else 'no scan'}")
-            return frame
+            if through_scans:
+                yield marker, pos, 0
+            return
         if marker == 0xD8 or marker == 0x00:
             raise UndecodableImage(f"JPEG: unexpected marker ff {marker:02x} at byte {pos}")
         if marker in _STANDALONE:
             pos += 2
             continue
+        if marker == 0xDA and not through_scans:
+            return
         length = _length(data, pos)
         end = pos + 2 + length
         if length < 2 or end > len(data):
             raise _truncated(f"JPEG segment ff {marker:02x} at byte {pos} declares "
-                                f"{length} bytes; only {len(data) - pos - 2} remain")
-        if marker in _SOF and not frame:
+                             f"{length} bytes; only {len(data) - pos - 2} remain")
+        yield marker, pos + 4, length - 2
+        pos = _end_of_scan(data, end) if marker == 0xDA else end
+
+
+def check_jpeg_structure(data: bytes) -> int:
+    """Raise UndecodableImage unless ``data`` is a structurally whole JPEG; return the
+    marker of its (first) frame header: 0xC0 baseline, 0xC2 progressive, 0xC3 lossless..."""
+    frame, scans = 0, 0
+    for marker, off, _ in jpeg_segments(data, through_scans=True):
+        if marker == 0xD9:
+            if not frame or not scans:
+                raise UndecodableImage(f"JPEG has EOI at byte {off} but "
+                                       f"{'no frame header' if not frame else 'no scan'}")
+            return frame
+        if marker in SOF_MARKERS and not frame:
             frame = marker
         if marker == 0xDA:                       # SOS: header, then entropy-coded data
             if not frame:
-                raise UndecodableImage(f"JPEG scan at byte {pos} comes before any frame header")
+                raise UndecodableImage(f"JPEG scan at byte {off - 4} comes before any "
+                                       "frame header")
             scans += 1
-            pos = _end_of_scan(data, end)
-            continue
-        pos = end
+    raise _truncated(f"JPEG ends at byte {len(data)} before its EOI marker")  # unreachable
