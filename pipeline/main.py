@@ -7,6 +7,8 @@ fail on the launcher in a second, not on a GPU worker after minutes of start-up.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -127,7 +129,23 @@ class _DropBeamResourceWarning(logging.Filter):
         return "Resource module is not available" not in record.getMessage()
 
 
+INTERRUPTED = ("interrupted: this run's outputs may be unfinished; run the same command again "
+               "with the same --output: images already in a finished predictions file are "
+               "skipped, the rest are scored")
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    """Ctrl-C ends the run now, with one line. A KeyboardInterrupt raised into Beam's
+    runner can be caught there: on a loaded machine a run once ended 0 after SIGINT,
+    without the message. So the launcher does not rely on it. What was not finalized is
+    scored by a rerun,
+    exactly as after a killed run (tests/test_crash_rerun.py)."""
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def main() -> int:
+    signal.signal(signal.SIGINT, _on_sigint)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropBeamResourceWarning())
@@ -140,9 +158,7 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("interrupted: this run's outputs may be unfinished; run the same command "
-              "again with the same --output: images already in a finished predictions "
-              "file are skipped, the rest are scored", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     return 0
 

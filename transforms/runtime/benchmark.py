@@ -246,18 +246,23 @@ class ShardProgress:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
-        start = time.perf_counter()
         while not self._stop.is_set():
-            self.samples.append((round(time.perf_counter() - start, 2), written_lines(self._dir)))
+            self._sample()
             self._stop.wait(self._period)
 
+    def _sample(self) -> None:
+        self.samples.append((round(time.perf_counter() - self._start, 2),
+                             written_lines(self._dir)))
+
     def __enter__(self) -> "ShardProgress":
+        self._start = time.perf_counter()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(10)
+        self._sample()          # the end state, so a run shorter than one period counts
 
     def steady_rate(self, total: int) -> Dict[str, Any]:
         """Images/s between the first sample at >= 10% and the last at <= 90% of total."""
