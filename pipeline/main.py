@@ -138,8 +138,7 @@ def _on_sigint(signum: int, frame: object) -> None:
     """Ctrl-C ends the run now, with one line. A KeyboardInterrupt raised into Beam's
     runner can be caught there: on a loaded machine a run once ended 0 after SIGINT,
     without the message. So the launcher does not rely on it. What was not finalized is
-    scored by a rerun,
-    exactly as after a killed run (tests/test_crash_rerun.py)."""
+    scored by a rerun, exactly as after a killed run (tests/test_crash_rerun.py)."""
     print(INTERRUPTED, file=sys.stderr, flush=True)
     os._exit(130)
 
