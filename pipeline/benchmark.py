@@ -441,6 +441,14 @@ def cmd_gpus(a: argparse.Namespace) -> int:
     return 0 if all(r["returncode"] == 0 for r in runs.values()) else 3
 
 
+def _corpus_args(sub: argparse.ArgumentParser, help_engine: str = "TensorRT plan") -> None:
+    """The arguments every end-to-end subcommand shares: one plan, one corpus, one batch."""
+    sub.add_argument("--engine", required=True, help=help_engine)
+    sub.add_argument("--corpus", required=True, help="folder from scripts/make_corpus.py")
+    sub.add_argument("--corpus_name", required=True)
+    sub.add_argument("--batch", type=int, default=32)
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -464,12 +472,9 @@ def make_parser() -> argparse.ArgumentParser:
     rep.set_defaults(fn=cmd_report)
     pl = sub.add_parser("pipeline", help="engine, DALI, end to end (gpu, cpu) and stock Beam "
                                          "over one corpus -> table + JSON")
-    pl.add_argument("--engine", required=True, help="TensorRT plan (dynamic batch)")
+    _corpus_args(pl, "TensorRT plan (dynamic batch)")
     pl.add_argument("--stock_engine", help="the same model with a fixed batch of --batch, "
                                            "for Beam's stock TensorRTEngineHandlerNumPy")
-    pl.add_argument("--corpus", required=True, help="folder from scripts/make_corpus.py")
-    pl.add_argument("--corpus_name", required=True)
-    pl.add_argument("--batch", type=int, default=32)
     pl.add_argument("--json", required=True)
     pl.add_argument("--pipeline_args", nargs=argparse.REMAINDER,
                     help="extra flags for both end-to-end runs (e.g. --direct_num_workers=16 "
@@ -477,19 +482,13 @@ def make_parser() -> argparse.ArgumentParser:
     pl.set_defaults(fn=cmd_pipeline)
     sh = sub.add_parser("sharing", help="the CPU path on every core: threads, processes, "
                                         "a shared engine, and the pool ceiling")
-    sh.add_argument("--engine", required=True)
-    sh.add_argument("--corpus", required=True)
-    sh.add_argument("--corpus_name", required=True)
-    sh.add_argument("--batch", type=int, default=32)
+    _corpus_args(sh)
     sh.add_argument("--workers", type=int, default=16)
     sh.add_argument("--json", required=True)
     sh.set_defaults(fn=cmd_sharing)
     gp = sub.add_parser("gpus", help="one GPU against every visible GPU: images/s, and per "
                                      "GPU the images scored, utilisation and memory")
-    gp.add_argument("--engine", required=True)
-    gp.add_argument("--corpus", required=True)
-    gp.add_argument("--corpus_name", required=True)
-    gp.add_argument("--batch", type=int, default=32)
+    _corpus_args(gp)
     gp.add_argument("--preprocess", choices=("gpu", "cpu"), default="gpu")
     gp.add_argument("--workers", type=int, default=None,
                     help="SDK processes (DirectRunner multi_processing); default 4 per GPU")

@@ -14,15 +14,13 @@ Used by tests/test_fuzz.py (the CI share) and scripts/fuzz_decode.py (the full s
 from __future__ import annotations
 
 import io
-import json
 import random
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 from PIL import Image
+
+from tests import images
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTATIONS = ("bitflip", "truncate", "header_edit", "header_random")
@@ -111,36 +109,6 @@ def write_corpus(folder: Path, count: int, seed: int = 0) -> List[Path]:
     return paths
 
 
-# Decodes and preprocesses each file the way the CPU path does, in a child under an
-# address-space cap, so a hang or a memory blow-up shows as that file's figures (or the
-# child's death) instead of taking the test runner down.
-_CHILD = textwrap.dedent("""
-    import json, resource, sys, time
-    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
-    sys.path.insert(0, sys.argv[1])
-    from transforms.decode import decode_image
-    from transforms.preprocess import preprocess
-    from transforms.spec import OPEN_NSFW_SPEC as spec
-    for path in sys.argv[2:]:
-        data = open(path, "rb").read()
-        start = time.perf_counter()
-        try:
-            preprocess(decode_image(data, target_size=spec.resize_size), spec)
-            outcome = "ok"
-        except MemoryError as exc:
-            outcome = "MemoryError"
-        except Exception as exc:
-            outcome = type(exc).__name__
-        print(json.dumps({"file": path.rsplit("/", 1)[-1], "outcome": outcome,
-                          "seconds": time.perf_counter() - start,
-                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
-              flush=True)
-""")
-
-
 def decode_in_child(paths: List[Path], timeout_s: float) -> List[Dict]:
-    """One record per file; raises CalledProcessError / TimeoutExpired if the child dies
-    or hangs (the failure this exists to catch)."""
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), *map(str, paths)],
-                          capture_output=True, text=True, timeout=timeout_s, check=True)
-    return [json.loads(line) for line in done.stdout.splitlines()]
+    """Decode + preprocess each file in a capped child (tests/images.py)."""
+    return images.decode_in_child(paths, timeout_s, preprocess=True)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
+from pathlib import Path
+from typing import Dict, List, Sequence
 
 from PIL import Image
 
@@ -33,3 +39,44 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
+
+
+# Decodes (and optionally preprocesses, as the CPU path does) each file in a child under a
+# 3 GB address-space cap: a hang, a memory blow-up or a crash shows as that file's figures
+# or the child's death, instead of taking the test runner down.
+_CHILD = textwrap.dedent("""
+    import json, resource, sys, time
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    sys.path.insert(0, sys.argv[1])
+    from transforms.decode import decode_image
+    from transforms.preprocess import preprocess
+    from transforms.spec import OPEN_NSFW_SPEC as spec
+    with_preprocess = sys.argv[2] == "1"
+    for path in sys.argv[3:]:
+        data = open(path, "rb").read()
+        start = time.perf_counter()
+        try:
+            if with_preprocess:
+                preprocess(decode_image(data, target_size=spec.resize_size), spec)
+            else:
+                decode_image(data)
+            outcome, message = "ok", ""
+        except BaseException as exc:  # MemoryError too: that is the regression to catch
+            outcome, message = type(exc).__name__, str(exc)
+        print(json.dumps({"file": path.rsplit("/", 1)[-1], "outcome": outcome,
+                          "message": message, "seconds": time.perf_counter() - start,
+                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+              flush=True)
+""")
+
+
+def decode_in_child(paths: Sequence[Path], timeout_s: float, preprocess: bool = False
+                    ) -> List[Dict]:
+    """One record per file (outcome "ok" or the exception's type, its message, seconds,
+    the child's peak RSS so far); raises CalledProcessError / TimeoutExpired if the child
+    dies or hangs."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(root), "1" if preprocess else "0",
+                           *map(str, paths)],
+                          capture_output=True, text=True, timeout=timeout_s, check=True)
+    return [json.loads(line) for line in done.stdout.splitlines()]
