@@ -175,7 +175,7 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
     post = inferred | "Postprocess" >> beam.ParDo(
         Postprocess(cfg.spec, cfg.backend, cfg.top_k, "cpu")).with_outputs(
             DEAD_LETTER, main="preds")
-    predictions.append(("" if len(predictions) == 0 else "Cpu", post.preds))
+    predictions.append(("Cpu" if cfg.preprocess == "gpu" else "", post.preds))
     errors += [decoded[DEAD_LETTER], tensors[DEAD_LETTER], failed_inference, post[DEAD_LETTER]]
     # One sink per branch rather than a Flatten before one sink: the DirectRunner does not
     # fuse a Flatten of two branches, so it would hold every prediction of a run in memory

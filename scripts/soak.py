@@ -28,6 +28,7 @@ from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from transforms.runtime.benchmark import ShardProgress  # noqa: E402
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -56,12 +57,6 @@ def _rss_mb(pid: int) -> Optional[float]:
             return int(f.read().split()[1]) * PAGE_MB
     except (OSError, IndexError, ValueError):
         return None
-
-
-def _written(out: Path) -> int:
-    from transforms.runtime.benchmark import written_lines
-
-    return written_lines(str(out))
 
 
 def build_inputs(work: Path, count: int, unique: int, profile: str, seed: int) -> Path:
@@ -108,27 +103,23 @@ def main() -> int:
     cmd = [sys.executable, "-m", "pipeline.main", "--input", f"{images}/*", "--output",
            str(out), *shlex.split(args.pipeline_args)]
     samples: List[Dict] = []
-    progress: List[Dict] = []
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     log: List[str] = []
     reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
     reader.start()
-    tick = 0
-    while proc.poll() is None:
-        t = time.perf_counter() - start
-        rss = {str(p): r for p in _tree(proc.pid) if (r := _rss_mb(p)) is not None}
-        samples.append({"t": round(t, 1), "rss_mb": {k: round(v, 1) for k, v in rss.items()},
-                        "total_mb": round(sum(rss.values()), 1)})
-        if tick % 5 == 0:
-            progress.append({"t": round(t, 1), "written": _written(out)})
-        tick += 1
-        time.sleep(1.0)
+    with ShardProgress(str(out), period_s=5.0) as shards:   # progress: lines in the shards
+        while proc.poll() is None:
+            t = time.perf_counter() - start
+            rss = {str(p): r for p in _tree(proc.pid) if (r := _rss_mb(p)) is not None}
+            samples.append({"t": round(t, 1), "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+                            "total_mb": round(sum(rss.values()), 1)})
+            time.sleep(1.0)
     reader.join(timeout=10)
     wall = time.perf_counter() - start
     summary = next((line.strip() for line in log if line.startswith("summary:")), "")
-    progress.append({"t": round(wall, 1), "written": args.count})
+    progress = [{"t": round(t, 1), "written": n} for t, n in shards.samples]
     mark_t = next((p["t"] for p in progress if p["written"] >= args.mark), None)
     after = [s for s in samples if mark_t is not None and s["t"] >= mark_t]
     at_mark = after[0]["total_mb"] if after else None

@@ -8,6 +8,7 @@ TensorRT, and ONNX Runtime's I/O binding with device-resident tensors for the CU
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -168,40 +169,66 @@ def bench_dali(files: Sequence[bytes], spec: Any, batch: int, passes: int = 3,
             "images_per_s": statistics.median(rates), "images_per_s_all": rates}
 
 
-class GpuSampler:
-    """Samples GPU utilisation and memory with NVML (nvidia-ml-py) every ``period_s`` in a
-    thread; ``summary()`` gives the mean and max. Without NVML it reports nothing."""
+class PeriodicSampler:
+    """Calls ``_sample()`` every ``period_s`` in a thread between ``__enter__`` and
+    ``__exit__``; ``_setup()`` runs first, in that thread. An exception there or in a
+    sample ends the sampling and is kept in ``error`` (a benchmark reports it, it does not
+    fail the run it watches)."""
 
-    def __init__(self, device: int = 0, period_s: float = 0.05) -> None:
+    def __init__(self, period_s: float) -> None:
         import threading
 
-        self._device, self._period = device, period_s
-        self._util: List[float] = []
-        self._mem: List[float] = []
+        self._period = period_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._start = 0.0
         self.error: Optional[str] = None
+
+    def _setup(self) -> None:
+        pass
+
+    def _sample(self) -> None:
+        raise NotImplementedError
 
     def _loop(self) -> None:
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(self._device)
+            self._setup()
             while not self._stop.is_set():
-                self._util.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-                self._mem.append(pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20)
+                self._sample()
                 self._stop.wait(self._period)
-        except Exception as exc:  # noqa: BLE001 - NVML missing or no GPU: report why
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> "PeriodicSampler":
+        self._start = time.perf_counter()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join(5)
+        self._thread.join(10)
+
+
+class GpuSampler(PeriodicSampler):
+    """Samples GPU utilisation and memory with NVML (nvidia-ml-py) every ``period_s`` in a
+    thread; ``summary()`` gives the mean and max. Without NVML it reports nothing."""
+
+    def __init__(self, device: int = 0, period_s: float = 0.05) -> None:
+        super().__init__(period_s)
+        self._device = device
+        self._util: List[float] = []
+        self._mem: List[float] = []
+
+    def _setup(self) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(self._device)
+
+    def _sample(self) -> None:
+        self._util.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+        self._mem.append(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20)
 
     def summary(self) -> Dict[str, Any]:
         if not self._util:
@@ -213,8 +240,6 @@ class GpuSampler:
 
 def written_lines(out_dir: str) -> int:
     """Lines already in a run's prediction and error shards, temporary or final."""
-    import os
-
     total = 0
     for root, _, files in os.walk(out_dir):
         for name in files:
@@ -229,7 +254,7 @@ def written_lines(out_dir: str) -> int:
     return total
 
 
-class ShardProgress:
+class ShardProgress(PeriodicSampler):
     """Samples ``written_lines(out_dir)`` every ``period_s`` in a thread while a run writes.
 
     Why: a run's images/s includes its start-up (imports, engines, DALI pipelines: 20-35 s
@@ -238,30 +263,16 @@ class ShardProgress:
     """
 
     def __init__(self, out_dir: str, period_s: float = 1.0) -> None:
-        import threading
-
-        self._dir, self._period = out_dir, period_s
+        super().__init__(period_s)
+        self._dir = out_dir
         self.samples: List[Tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self._period)
 
     def _sample(self) -> None:
         self.samples.append((round(time.perf_counter() - self._start, 2),
                              written_lines(self._dir)))
 
-    def __enter__(self) -> "ShardProgress":
-        self._start = time.perf_counter()
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().__exit__(*exc)
         self._sample()          # the end state, so a run shorter than one period counts
 
     def steady_rate(self, total: int) -> Dict[str, Any]:
