@@ -33,6 +33,15 @@ import numpy as np
 
 from transforms.runtime.benchmark import BACKENDS, bench_onnx, bench_tensorrt, device_name
 
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity under taskset or a cgroup), not the
+    machine's count: a run pinned to 16 of 32 cores must say 16."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not Linux
+        return os.cpu_count() or 1
+
 def cmd_run(a: argparse.Namespace) -> int:
     batches = [int(b) for b in a.batch_sizes.split(",")]
     record: Dict[str, Any] = {
@@ -140,12 +149,14 @@ def _output_of(args: Sequence[str]) -> Optional[str]:
 
 
 def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
-                 devices: Sequence[int] = ()) -> Dict[str, Any]:
+                 devices: Sequence[int] = (), cpus: Optional[Sequence[int]] = None
+                 ) -> Dict[str, Any]:
     """Run one end-to-end configuration in a fresh process while NVML samples the GPU;
     images/s is the child's own summary (ok / wall), CPU % its user + system time / wall.
     ``devices`` (NVML indices, which ignore CUDA_VISIBLE_DEVICES) are sampled one by one
     into ``per_gpu``; GPU 0 is always the headline sampler. When the child writes to an
-    --output, its shards are watched too, for the steady rate without start-up."""
+    --output, its shards are watched too, for the steady rate without start-up. ``cpus``
+    pins the child (and every SDK process it starts) to those cores."""
     import contextlib
     import resource
     import subprocess
@@ -160,7 +171,9 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
         sampler = stack.enter_context(GpuSampler())
         per_gpu = {d: stack.enter_context(GpuSampler(d)) for d in devices}
         done = subprocess.run([sys.executable] + args, capture_output=True, text=True,
-                              env=None if env is None else {**os.environ, **env})
+                              env=None if env is None else {**os.environ, **env},
+                              preexec_fn=None if cpus is None
+                              else (lambda: os.sched_setaffinity(0, cpus)))
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -170,6 +183,10 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
               "summary": line, "images_per_s": float(fields.get("images/s", "nan")),
               "ok": int(fields.get("ok", "0")), "process_wall_s": wall,
               "cpu_percent": 100.0 * cpu / wall if wall > 0 else None, **sampler.summary()}
+    if cpus is not None:
+        record["cpus"] = len(cpus)
+    if out:
+        record["stages"] = _stages_or_error(out)
     if devices:
         record["per_gpu"] = {str(d): g.summary() for d, g in per_gpu.items()}
     if progress is not None:
@@ -179,9 +196,28 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
     return record
 
 
+def _stages_or_error(output: str) -> Dict[str, Any]:
+    """A finished run's per-stage cost (``stage_costs``), or why there is none: a
+    benchmark reports a run it could not break down, it does not fail on it."""
+    try:
+        return stage_costs(output)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
+    return round(num / den, 3) if num and den else None
+
+
 def _corpus_glob(a: argparse.Namespace) -> str:
     """The corpus's images (scripts/make_corpus.py names them <corpus_name>-NNNNNN.*)."""
     return os.path.join(a.corpus, f"{a.corpus_name}-*")
+
+
+def _unique_files(a: argparse.Namespace) -> List[str]:
+    """The corpus's generated photos without the hard links of ``make_corpus --links``
+    (<corpus_name>-lNNNNNNN.*): what DALI alone and the CPU pool ceiling are timed on."""
+    return sorted(glob.glob(os.path.join(a.corpus, f"{a.corpus_name}-[0-9]*")))
 
 
 def _main_command(a: argparse.Namespace, *extra: str) -> List[str]:
@@ -198,10 +234,12 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from transforms.spec import OPEN_NSFW_SPEC
 
     files = sorted(glob.glob(_corpus_glob(a)))
+    unique = _unique_files(a)
     gpu_name = device_name()
     record: Dict[str, Any] = {
         "corpus": a.corpus_name, "corpus_dir": a.corpus, "images": len(files),
-        "batch_size": a.batch, "plan": a.engine, "gpu": gpu_name, "cores": os.cpu_count(),
+        "unique_images": len(unique),
+        "batch_size": a.batch, "plan": a.engine, "gpu": gpu_name, "cores": usable_cores(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
     }
@@ -210,7 +248,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     record["engine_images_per_s"] = engine[0].get("images_per_s")
     gpu_ms = engine[0].get("gpu_med_ms")
     record["engine_gpu_only_images_per_s"] = a.batch / (gpu_ms / 1000) if gpu_ms else None
-    jpegs = [open(f, "rb").read() for f in files if f.endswith((".jpg", ".jpeg"))]
+    jpegs = [open(f, "rb").read() for f in unique if f.endswith((".jpg", ".jpeg"))]
     dali = bench_dali(jpegs, OPEN_NSFW_SPEC, a.batch)
     record["gpu_preprocess"] = dali
     record["gpu_preprocess_images_per_s"] = dali["images_per_s"]
@@ -222,32 +260,128 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
             a, *(a.pipeline_args or []), *extra, "--output",
             tempfile.mkdtemp(prefix=f"bench-{name}-")))
     if a.stock_engine:
-        runs["stock_beam"] = _timed_child(["-m", "pipeline.stock_baseline", "--input",
-                                           _corpus_glob(a), "--engine",
-                                           a.stock_engine, "--batch", str(a.batch)])
+        # the same corpus and runner flags as ours: only the handler differs
+        runs["stock_beam"] = _timed_child([
+            "-m", "pipeline.stock_baseline", "--input", _corpus_glob(a), "--engine",
+            a.stock_engine, "--batch", str(a.batch), "--output",
+            tempfile.mkdtemp(prefix="bench-stock-"), *(a.pipeline_args or [])])
     record["runs"] = runs
     record["e2e_gpu_images_per_s"] = runs["e2e_gpu"]["images_per_s"]
     record["e2e_cpu_images_per_s"] = runs["e2e_cpu"]["images_per_s"]
     record["stock_beam_images_per_s"] = runs.get("stock_beam", {}).get("images_per_s")
+    record["stock_beam_steady_images_per_s"] = runs.get("stock_beam", {}).get(
+        "steady_images_per_s")
     record["gpu_util_mean_gpu_path"] = runs["e2e_gpu"].get("gpu_util_mean")
     # the same runs without their start-up (shard growth between 10% and 90% written)
     record["e2e_gpu_steady_images_per_s"] = runs["e2e_gpu"].get("steady_images_per_s")
     record["e2e_cpu_steady_images_per_s"] = runs["e2e_cpu"].get("steady_images_per_s")
+    if a.pool_images:
+        # the CPU path's ceiling on these cores: its own decode code in a plain pool
+        record["cpu_pool_ceiling_images_per_s"] = pool_ceiling(
+            unique[:a.pool_images], usable_cores())
+    record.update(ratios(record))
     with open(a.json, "w") as f:
         json.dump(record, f, indent=2)
-    rows = [("engine alone, host->host", record["engine_images_per_s"], None, None),
-            ("engine alone, GPU only", record["engine_gpu_only_images_per_s"], None, None),
-            ("DALI preprocessing alone", record["gpu_preprocess_images_per_s"], None, None)]
-    for name, r in runs.items():
-        rows.append((name, r["images_per_s"], r.get("gpu_util_mean"), r.get("cpu_percent")))
-    steady = {name: r.get("steady_images_per_s") for name, r in runs.items()}
-    print(f"| {a.corpus_name} ({len(files)} images, batch {a.batch}, {gpu_name}) | images/s "
-          "| steady images/s (no start-up) | GPU util % | CPU % |\n"
-          "| --- | --- | --- | --- | --- |")
-    for name, ips, util, cpu in rows:
-        print(f"| {name} | {_fmt(ips, digits=1)} | {_fmt(steady.get(name), digits=1)} | "
-              f"{_fmt(util, digits=1)} | {_fmt(cpu, digits=0)} |")
+    if a.png:
+        pipeline_chart([record], a.png)
+    print(pipeline_table([record]))
     return 0 if all(r["returncode"] == 0 for r in runs.values()) else 3
+
+
+def ratios(record: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """The issues' bars as numbers, from one run's figures: end to end (with start-up, and
+    steady) against the engine, DALI alone, the CPU path, the stock handler, the pool."""
+    engine = record.get("engine_images_per_s")
+    dali = record.get("gpu_preprocess_images_per_s")
+    gpu_cap = min(x for x in (engine, dali) if x) if (engine or dali) else None
+    out: Dict[str, Optional[float]] = {}
+    for kind in ("", "steady_"):
+        gpu = record.get(f"e2e_gpu_{kind}images_per_s")
+        cpu = record.get(f"e2e_cpu_{kind}images_per_s")
+        out[f"e2e_gpu_{kind}vs_engine"] = _ratio(gpu, engine)
+        out[f"e2e_gpu_{kind}vs_min_engine_dali"] = _ratio(gpu, gpu_cap)
+        out[f"e2e_gpu_{kind}vs_cpu"] = _ratio(gpu, cpu)
+        out[f"e2e_gpu_{kind}vs_stock_beam"] = _ratio(
+            gpu, record.get(f"stock_beam_{kind}images_per_s"))
+        out[f"e2e_cpu_{kind}vs_pool_ceiling"] = _ratio(
+            cpu, record.get("cpu_pool_ceiling_images_per_s"))
+    return out
+
+
+PIPELINE_ROWS = (
+    ("engine alone, host→host", "engine_images_per_s", None),
+    ("engine alone, GPU only", "engine_gpu_only_images_per_s", None),
+    ("DALI preprocessing alone", "gpu_preprocess_images_per_s", None),
+    ("end to end, --preprocess gpu", "e2e_gpu_images_per_s", "e2e_gpu"),
+    ("  the same, steady (no start-up)", "e2e_gpu_steady_images_per_s", "e2e_gpu"),
+    ("end to end, --preprocess cpu", "e2e_cpu_images_per_s", "e2e_cpu"),
+    ("  the same, steady (no start-up)", "e2e_cpu_steady_images_per_s", "e2e_cpu"),
+    ("CPU pool ceiling (decode + preprocess only)", "cpu_pool_ceiling_images_per_s", None),
+    ("Beam's stock TensorRTEngineHandlerNumPy", "stock_beam_images_per_s", "stock_beam"),
+    ("  the same, steady (no start-up)", "stock_beam_steady_images_per_s", "stock_beam"),
+)
+
+
+def pipeline_table(records: Sequence[Dict[str, Any]]) -> str:
+    """One markdown table, a column per corpus run: images/s, with GPU util and CPU % for
+    the end-to-end rows, then the ratios the issues set bars on."""
+    head = "| images/s | " + " | ".join(
+        f"{r['corpus']} ({r['images']} images, batch {r['batch_size']}, {r['cores']} cores)"
+        for r in records) + " |"
+    lines = [head, "| --- |" + " --- |" * len(records)]
+    for label, key, run in PIPELINE_ROWS:
+        cells = []
+        for r in records:
+            cell = _fmt(r.get(key), digits=0)
+            detail = r.get("runs", {}).get(run) if run else None
+            if detail and "steady" not in key and r.get(key) is not None:
+                cell += (f" (GPU {_fmt(detail.get('gpu_util_mean'), digits=0)}%, "
+                         f"CPU {_fmt(detail.get('cpu_percent'), digits=0)}%)")
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for key in sorted({k for r in records for k in ratios(r)}):
+        lines.append(f"| {key} | " + " | ".join(_fmt(ratios(r).get(key), digits=2)
+                                                for r in records) + " |")
+    return "\n".join(lines)
+
+
+def pipeline_chart(records: Sequence[Dict[str, Any]], path: str) -> None:
+    """Grouped bars, one group per corpus run, one bar per PIPELINE_ROWS entry it has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.8 / len(PIPELINE_ROWS)
+    for i, (label, key, _) in enumerate(PIPELINE_ROWS):
+        values = [r.get(key) or 0 for r in records]
+        bars = ax.bar(np.arange(len(records)) + i * width, values, width, label=label.strip())
+        ax.bar_label(bars, fmt="%.0f", fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(np.arange(len(records)) + width * (len(PIPELINE_ROWS) - 1) / 2)
+    ax.set_xticklabels([f"{r['corpus']}, {r['images']} images" for r in records])
+    ax.set_ylabel("images/s")
+    gpus = sorted({r["gpu"] for r in records})
+    ax.set_title(f"open_nsfw fp16, batch {records[0]['batch_size']}, {', '.join(gpus)}",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def cmd_pipeline_report(a: argparse.Namespace) -> int:
+    records = []
+    for path in a.json_files:
+        with open(path) as f:
+            records.append(json.load(f))
+    text = pipeline_table(records)
+    print(text)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(text + "\n")
+    if a.png:
+        pipeline_chart(records, a.png)
+    return 0
 
 
 def _decode_and_preprocess(path: str) -> int:
@@ -285,7 +419,7 @@ def cmd_sharing(a: argparse.Namespace) -> int:
     idle_mib = idle.summary().get("gpu_mem_max_mib") or 0.0
     record: Dict[str, Any] = {
         "corpus": a.corpus_name, "images": len(files), "batch_size": a.batch, "plan": a.engine,
-        "gpu": device_name(), "cores": os.cpu_count(), "workers": n,
+        "gpu": device_name(), "cores": usable_cores(), "workers": n,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
         "cpu_pool_ceiling_images_per_s": pool_ceiling(files, n), "gpu_idle_mem_mib": idle_mib,
@@ -400,44 +534,85 @@ def visible_gpus() -> List[int]:
     return gpus
 
 
+def gpu_runs(gpus: Sequence[int], workers_per_gpu: int, cores_per_gpu: Optional[int],
+             cores: Sequence[int]) -> Dict[str, Dict[str, Any]]:
+    """The configurations `benchmark gpus` compares: one GPU, then every visible GPU, each
+    with ``workers_per_gpu`` SDK processes per GPU. With ``cores_per_gpu`` each run is
+    pinned to that many cores per GPU it uses, as Dataflow's GPU machine types scale vCPUs
+    with GPUs (a2-highgpu-1g/-2g: 12/24); a third run gives the one GPU every core, to show
+    whether the host or the GPU bounds it."""
+    runs: Dict[str, Dict[str, Any]] = {}
+    for name, use in (("one_gpu", list(gpus[:1])), ("all_gpus", list(gpus))):
+        cpus = None
+        if cores_per_gpu:
+            need = cores_per_gpu * len(use)
+            if need > len(cores):
+                raise SystemExit(f"benchmark gpus: --cores_per_gpu {cores_per_gpu} x "
+                                 f"{len(use)} GPUs needs {need} cores, expected at most "
+                                 f"{len(cores)} (this process's affinity)")
+            cpus = list(cores[:need])
+        runs[name] = {"visible": use, "workers": workers_per_gpu * len(use), "cpus": cpus}
+    if cores_per_gpu and len(gpus) > 1:
+        runs["one_gpu_all_cores"] = {"visible": list(gpus[:1]),
+                                     "workers": workers_per_gpu * len(gpus), "cpus": None}
+    return runs
+
+
 def cmd_gpus(a: argparse.Namespace) -> int:
-    """The same run on one GPU and on every visible GPU of the machine: images/s, and per
-    GPU the images scored (bundle records), NVML utilisation and memory."""
+    """The same run on one GPU and on every visible GPU of the machine: images/s (with
+    start-up, and steady), and per GPU the images scored (bundle records), NVML
+    utilisation and memory."""
     gpus = visible_gpus()
     files = sorted(glob.glob(_corpus_glob(a)))
-    workers = a.workers or 4 * len(gpus)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    plan = gpu_runs(gpus, a.workers_per_gpu, a.cores_per_gpu, cores)
     record: Dict[str, Any] = {
         "corpus": a.corpus_name, "images": len(files), "batch_size": a.batch, "plan": a.engine,
-        "gpu": device_name(), "gpus": len(gpus), "cores": os.cpu_count(),
-        "preprocess": a.preprocess, "sdk_processes": workers,
+        "gpu": device_name(), "gpus": len(gpus), "cores": usable_cores(),
+        "preprocess": a.preprocess, "workers_per_gpu": a.workers_per_gpu,
+        "cores_per_gpu": a.cores_per_gpu,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
     }
     runs = {}
-    for name, use in (("one_gpu", gpus[:1]), ("all_gpus", gpus)):
+    for name, cfg in plan.items():
         out = tempfile.mkdtemp(prefix=f"gpus-{name}-")
         r = _timed_child(_main_command(
-            a, "--preprocess", a.preprocess, f"--direct_num_workers={workers}",
+            a, "--preprocess", a.preprocess, f"--direct_num_workers={cfg['workers']}",
             "--direct_running_mode=multi_processing", "--output", out),
-            env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, use))}, devices=gpus)
-        r["visible"] = use
-        r["images_by_device"] = images_by_device(out)
+            env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, cfg["visible"]))}, devices=gpus,
+            cpus=cfg["cpus"])
+        r.update(visible=cfg["visible"], sdk_processes=cfg["workers"],
+                 images_by_device=images_by_device(out))
         runs[name] = r
     record["runs"] = runs
-    record["one_gpu_images_per_s"] = runs["one_gpu"]["images_per_s"]
-    record["all_gpus_images_per_s"] = runs["all_gpus"]["images_per_s"]
+    for name, r in runs.items():
+        record[f"{name}_images_per_s"] = r["images_per_s"]
+        record[f"{name}_steady_images_per_s"] = r.get("steady_images_per_s")
     if len(gpus) == 2:
         record["two_gpu_images_per_s"] = record["all_gpus_images_per_s"]
-    record["speedup"] = record["all_gpus_images_per_s"] / record["one_gpu_images_per_s"]
+        record["two_gpu_steady_images_per_s"] = record["all_gpus_steady_images_per_s"]
+    record["speedup"] = _ratio(record["all_gpus_images_per_s"], record["one_gpu_images_per_s"])
+    record["speedup_steady"] = _ratio(record["all_gpus_steady_images_per_s"],
+                                      record["one_gpu_steady_images_per_s"])
+    total = sum(runs["all_gpus"]["images_by_device"].values())
+    record["all_gpus_share_by_device"] = {
+        d: round(n / total, 3) for d, n in runs["all_gpus"]["images_by_device"].items()
+    } if total else {}
     with open(a.json, "w") as f:
         json.dump(record, f, indent=2)
-    print(f"| {a.preprocess} path, {len(files)} images, {workers} SDK processes | images/s "
-          "| images per GPU | GPU util % per GPU |\n| --- | --- | --- | --- |")
+    print(f"| {a.preprocess} path, {len(files)} images | SDK processes | cores | images/s "
+          "| steady images/s | images per GPU | GPU util % per GPU | GPU MiB per GPU |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in runs.items():
         util = {d: _fmt(g.get("gpu_util_mean"), digits=0) for d, g in r["per_gpu"].items()}
-        print(f"| {name} ({r['visible']}) | {r['images_per_s']:.0f} | "
-              f"{r['images_by_device']} | {util} |")
-    print(f"speedup all/one: {record['speedup']:.2f}")
+        mem = {d: _fmt(g.get("gpu_mem_max_mib"), digits=0) for d, g in r["per_gpu"].items()}
+        print(f"| {name} ({r['visible']}) | {r['sdk_processes']} | "
+              f"{r.get('cpus', len(cores))} | {r['images_per_s']:.0f} | "
+              f"{_fmt(r.get('steady_images_per_s'), digits=0)} | {r['images_by_device']} | "
+              f"{util} | {mem} |")
+    print(f"speedup all/one: {_fmt(record['speedup'], digits=2)} end to end, "
+          f"{_fmt(record['speedup_steady'], digits=2)} steady")
     return 0 if all(r["returncode"] == 0 for r in runs.values()) else 3
 
 
@@ -476,10 +651,19 @@ def make_parser() -> argparse.ArgumentParser:
     pl.add_argument("--stock_engine", help="the same model with a fixed batch of --batch, "
                                            "for Beam's stock TensorRTEngineHandlerNumPy")
     pl.add_argument("--json", required=True)
+    pl.add_argument("--png", help="bar chart of the run (needs matplotlib)")
+    pl.add_argument("--pool_images", type=int, default=2000,
+                    help="images for the CPU pool ceiling on this run's cores (0: skip)")
     pl.add_argument("--pipeline_args", nargs=argparse.REMAINDER,
                     help="extra flags for both end-to-end runs (e.g. --direct_num_workers=16 "
                          "--direct_running_mode=multi_processing)")
     pl.set_defaults(fn=cmd_pipeline)
+    pr = sub.add_parser("pipeline-report", help="several `pipeline` JSON files -> one "
+                                                "markdown table + a PNG")
+    pr.add_argument("json_files", nargs="+")
+    pr.add_argument("--markdown")
+    pr.add_argument("--png")
+    pr.set_defaults(fn=cmd_pipeline_report)
     sh = sub.add_parser("sharing", help="the CPU path on every core: threads, processes, "
                                         "a shared engine, and the pool ceiling")
     _corpus_args(sh)
@@ -490,8 +674,11 @@ def make_parser() -> argparse.ArgumentParser:
                                      "GPU the images scored, utilisation and memory")
     _corpus_args(gp)
     gp.add_argument("--preprocess", choices=("gpu", "cpu"), default="gpu")
-    gp.add_argument("--workers", type=int, default=None,
-                    help="SDK processes (DirectRunner multi_processing); default 4 per GPU")
+    gp.add_argument("--workers_per_gpu", type=int, default=8,
+                    help="SDK processes per GPU used (DirectRunner multi_processing)")
+    gp.add_argument("--cores_per_gpu", type=int, default=None,
+                    help="pin each run to this many cores per GPU it uses (Dataflow's GPU "
+                         "machine types scale vCPUs with GPUs); default: every core")
     gp.add_argument("--json", required=True)
     gp.set_defaults(fn=cmd_gpus)
     st = sub.add_parser("stages", help="per-stage ms per image of a finished run, per "

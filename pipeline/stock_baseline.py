@@ -14,6 +14,8 @@ last image and the padding is not counted.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from typing import List, Optional, Sequence
@@ -46,12 +48,26 @@ class _PadToBatch(beam.DoFn):
         yield np.stack(batch)
 
 
+def _rows(result) -> List[str]:
+    """One line per image row of a stock PredictionResult, for a benchmark to count.
+
+    Each element we give the stock handler is a whole batch (its example, shape (batch,
+    ...)), and Beam 2.77's handler returns only row 0 of each output for it (it indexes
+    its output buffers by the element's position in the request), so the lines carry the
+    row number, not per-row scores. The last batch's padding rows are counted too: at
+    most batch - 1 extra lines."""
+    return [json.dumps({"row": i}) for i in range(len(result.example))]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True)
     p.add_argument("--engine", required=True, help="a plan with a fixed batch of --batch")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--output", help="also write a line per scored row here "
+                                    "(predictions-*.jsonl), so a benchmark can watch the "
+                                    "stock run's steady rate as it watches ours")
     a, beam_args = p.parse_known_args(argv)
     tensorrt_inference._check_trt_version = lambda: None   # the one concession: see above
     handler = tensorrt_inference.TensorRTEngineHandlerNumPy(
@@ -67,7 +83,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    | beam.Map(lambda item: item.payload)
                    | beam.BatchElements(min_batch_size=a.batch, max_batch_size=a.batch)
                    | beam.ParDo(_PadToBatch(a.batch)))
-        _ = tensors | RunInference(handler)
+        results = tensors | RunInference(handler)
+        if a.output:
+            _ = (results
+                 | beam.FlatMap(_rows)
+                 | beam.io.WriteToText(os.path.join(a.output, "predictions"),
+                                       file_name_suffix=".jsonl"))
     wall = time.perf_counter() - start
     result = pipe.result
     ok = sum(c.result for c in result.metrics().query(

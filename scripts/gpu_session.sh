@@ -18,6 +18,13 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 EFF=$W/effnetv2s.onnx
 BUILD="-m pipeline.build_engine --timing_cache $ENG/timing.cache --min_batch 1 --max_batch 32"
 trt_env() { export PATH=/opt/gpu-trt/venv/bin:$PATH VIRTUAL_ENV=/opt/gpu-trt/venv PYTHONNOUSERSITE=1; }
+# file-name tag of the machine: h100, h200, ... (x2 etc. added where a run uses several GPUs)
+GPU_TAG=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 \
+  | grep -oiE 'h100|h200|a100|l4|t4|b200' | tr 'A-Z' 'a-z')
+GPU_TAG=${GPU_TAG:-gpu}
+# PIN="taskset -c 0-15" and CUDA_VISIBLE_DEVICES=0 give the single-GPU rows one GPU and 16
+# cores on a larger machine; empty by default
+PIN=${PIN:-}
 
 for step in "$@"; do
   echo "=== step $step $(date -u +%T)"
@@ -55,30 +62,37 @@ for step in "$@"; do
           --engine "$ENG/open_nsfw.fp16.plan" $mode 2>&1 | grep summary | sed "s|^|[${mode:-in-process}] |" \
           | tee -a "$OUT/pipeline.log"
       done ;;
-    corpus)       # both benchmark corpora, 10,000 photos each, generated here (16 cores)
+    topo)         # what the machine is: GPUs, their links and CPU affinity, cores
+      nvidia-smi -L; nvidia-smi topo -m; nproc; free -g | head -2 ;;
+    corpus)       # both benchmark corpora, 10,000 photos each, generated here
+                  # (CORPUS_LINKS=N adds N hard-linked names; CORPUS_SUFFIX names another dir)
       trt_env
       for c in ${CORPORA:-imagenet uploads}; do
-        [ -f $W/corpus-$c/corpus.json ] || python scripts/make_corpus.py --profile $c \
-          --count ${CORPUS_COUNT:-10000} --links ${CORPUS_LINKS:-0} --output $W/corpus-$c | tee "$OUT/corpus-$c.json"
+        d=$W/corpus-$c${CORPUS_SUFFIX:-}
+        [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile $c \
+          --count ${CORPUS_COUNT:-10000} --links ${CORPUS_LINKS:-0} --output $d | tee "$OUT/corpus-$c${CORPUS_SUFFIX:-}.json"
       done ;;
     build-nsfw)   # open_nsfw fp16: dynamic 1/32/64 for us, fixed 32 for Beam's stock handler
+                  # (FOLDED=1: also the --fold_spec open_nsfw plan)
       trt_env
       NSFW=$(python -c "from transforms.runtime.storage import bundled_model_path as b; print(b('bundled://open_nsfw'))")
       [ -f $ENG/nsfw-b64.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64.fp16.plan \
         --fp16 --opt_batch 32 --max_batch 64 2>&1 | tail -2 | tee "$OUT/build-nsfw.log"
       [ -f $ENG/nsfw-fixed32.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-fixed32.fp16.plan \
         --fp16 --min_batch 32 --opt_batch 32 --max_batch 32 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log"
-      [ -f $ENG/nsfw-b64-folded.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64-folded.fp16.plan \
+      [ -z "${FOLDED:-}" ] || [ -f $ENG/nsfw-b64-folded.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64-folded.fp16.plan \
         --fp16 --opt_batch 32 --max_batch 64 --fold_spec open_nsfw 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log" ;;
     dali-test)
       trt_env
       REPORT_DIR=$OUT TRT_ENGINE_DIR=$ENG python -m pytest -m gpu -ra -q -p no:cacheprovider \
         tests/gpu/test_dali_gpu.py 2>&1 | tee "$OUT/pytest-dali.log" | tail -25 ;;
-    bench-imagenet|bench-uploads)
+    bench-imagenet|bench-uploads)   # issue 10's table; PIPELINE_ARGS go to all three pipelines
       trt_env; c=${step#bench-}
-      python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
+      $PIN python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
         --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c --corpus_name $c \
-        --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-h100-$c.json" 2>&1 | tail -12 ;;
+        --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-$GPU_TAG-$c.json" \
+        --pipeline_args ${PIPELINE_ARGS:---direct_num_workers=16 --direct_running_mode=multi_processing} \
+        2>&1 | tail -30 ;;
     bench-sharing|bench-sharing-folded)  # the CPU path on all 16 cores; folded: uint8 on the wire
       trt_env; plan=nsfw-b64; [ $step = bench-sharing-folded ] && plan=nsfw-b64-folded
       python -m pipeline.benchmark sharing --engine $ENG/$plan.fp16.plan \
@@ -108,13 +122,18 @@ for step in "$@"; do
     gpus)         # issue 13: one GPU against every visible GPU, both paths (run nsfw-plan first).
                   # Start-up of the SDK processes is 25-35 s (docs/benchmarks.md, "Long runs"):
                   # for the two-GPU proof use CORPUS_COUNT=100000 so it does not dominate.
+                  # GPUS_RUNS=pre:corpus-dir-suffix pairs; CORES_PER_GPU pins each run to that
+                  # many cores per GPU used (and adds a one-GPU run on every core)
       trt_env
-      [ -f $W/corpus-imagenet/corpus.json ] || python scripts/make_corpus.py --profile imagenet \
-        --count ${CORPUS_COUNT:-10000} --output $W/corpus-imagenet > "$OUT/corpus-imagenet.json"
       n=$(nvidia-smi -L | wc -l)
-      for pre in gpu cpu; do
-        python -m pipeline.benchmark gpus --engine $ENG/open_nsfw.fp16.plan --corpus $W/corpus-imagenet \
-          --corpus_name imagenet --preprocess $pre --json "$OUT/pipeline-h100x$n-imagenet-$pre.json" 2>&1 | tail -5
+      for run in ${GPUS_RUNS:-gpu: cpu:}; do
+        IFS=: read -r pre suffix <<< "$run"
+        [ -f $W/corpus-imagenet$suffix/corpus.json ] || python scripts/make_corpus.py --profile imagenet \
+          --count ${CORPUS_COUNT:-10000} --output $W/corpus-imagenet$suffix > "$OUT/corpus-imagenet$suffix.json"
+        python -m pipeline.benchmark gpus --engine $ENG/${GPUS_PLAN:-open_nsfw}.fp16.plan \
+          --corpus $W/corpus-imagenet$suffix --corpus_name imagenet --preprocess $pre \
+          --workers_per_gpu ${WORKERS_PER_GPU:-8} ${CORES_PER_GPU:+--cores_per_gpu $CORES_PER_GPU} \
+          --json "$OUT/pipeline-${GPU_TAG}x$n-imagenet-$pre.json" 2>&1 | tail -8
       done ;;
     soak-gpu)     # 100k images through --preprocess gpu, RSS of every process each second
       trt_env

@@ -106,3 +106,76 @@ def test_timed_child_reports_the_run_and_its_first_output(tmp_path):
                       str(tmp_path / "out")])
     assert r["returncode"] == 0 and r["ok"] == 6
     assert r["first_output_s"] is not None and "steady_images_per_s" in r
+    assert r["stages"]["run"]["images"] == 6          # the run's own per-stage table
+
+
+def test_timed_child_pins_the_run_to_the_cores_it_is_given(tmp_path):
+    """`benchmark gpus --cores_per_gpu`: the child and what it starts run on those cores."""
+    import os
+
+    from pipeline.benchmark import _timed_child
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("CPU affinity is Linux-only")
+    core = sorted(os.sched_getaffinity(0))[:1]
+    code = "import os; print('summary: ok=1 images/s=1', len(os.sched_getaffinity(0)))"
+    r = _timed_child(["-c", code], cpus=core)
+    assert r["returncode"] == 0 and r["cpus"] == 1 and r["summary"].endswith(" 1")
+
+
+def test_gpu_runs_scale_processes_and_cores_with_the_gpus_used():
+    from pipeline.benchmark import gpu_runs
+
+    runs = gpu_runs([0, 1], workers_per_gpu=8, cores_per_gpu=16, cores=list(range(32)))
+    assert runs["one_gpu"] == {"visible": [0], "workers": 8, "cpus": list(range(16))}
+    assert runs["all_gpus"] == {"visible": [0, 1], "workers": 16, "cpus": list(range(32))}
+    # the control: one GPU with the whole host, to tell a host bound from a GPU bound
+    assert runs["one_gpu_all_cores"] == {"visible": [0], "workers": 16, "cpus": None}
+    assert set(gpu_runs([3], 4, None, list(range(8)))) == {"one_gpu", "all_gpus"}
+    with pytest.raises(SystemExit, match="needs 32 cores, expected at most 16"):
+        gpu_runs([0, 1], 8, 16, list(range(16)))
+
+
+def test_pipeline_ratios_table_and_report(tmp_path, capsys):
+    """The issues' bars computed from one run's figures, and several runs in one table."""
+    from pipeline.benchmark import main as bench_main, ratios
+
+    rec = {"corpus": "imagenet", "images": 50000, "batch_size": 32, "cores": 16,
+           "gpu": "NVIDIA H200", "engine_images_per_s": 10000.0,
+           "gpu_preprocess_images_per_s": 8000.0, "e2e_gpu_images_per_s": 2000.0,
+           "e2e_gpu_steady_images_per_s": 7000.0, "e2e_cpu_images_per_s": 1000.0,
+           "e2e_cpu_steady_images_per_s": 1500.0, "stock_beam_images_per_s": 500.0,
+           "cpu_pool_ceiling_images_per_s": 1600.0,
+           "runs": {"e2e_gpu": {"gpu_util_mean": 30.0, "cpu_percent": 900.0}}}
+    r = ratios(rec)
+    assert r["e2e_gpu_steady_vs_engine"] == 0.7
+    assert r["e2e_gpu_steady_vs_min_engine_dali"] == 0.875
+    assert r["e2e_gpu_vs_stock_beam"] == 4.0 and r["e2e_gpu_steady_vs_stock_beam"] is None and r["e2e_gpu_steady_vs_cpu"] == 4.667
+    assert r["e2e_cpu_steady_vs_pool_ceiling"] == 0.938
+    uploads = dict(rec, corpus="uploads", stock_beam_images_per_s=None)
+    paths = []
+    for i, record in enumerate((rec, uploads)):
+        paths.append(tmp_path / f"p{i}.json")
+        paths[-1].write_text(json.dumps(record))
+    md = tmp_path / "t.md"
+    has_mpl = importlib.util.find_spec("matplotlib") is not None
+    png = ["--png", str(tmp_path / "t.png")] if has_mpl else []
+    assert bench_main(["pipeline-report", *map(str, paths), "--markdown", str(md), *png]) == 0
+    text = md.read_text()
+    assert "| imagenet (50000 images, batch 32, 16 cores) | uploads" in text
+    assert "| end to end, --preprocess gpu | 2000 (GPU 30%, CPU 900%) |" in text
+    assert "| e2e_gpu_vs_stock_beam | 4.00 | – |" in text
+    if has_mpl:
+        assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_stock_baseline_writes_one_line_per_batch_row():
+    """What lets the benchmark watch the stock run's steady rate: a line per image row."""
+    import numpy as np
+    from apache_beam.ml.inference.base import PredictionResult
+
+    from pipeline.stock_baseline import _rows
+
+    batch = np.zeros((3, 4, 4, 3), np.float32)            # one element = a batch of 3
+    lines = _rows(PredictionResult(example=batch, inference=[np.ones(2)]))
+    assert [json.loads(x) for x in lines] == [{"row": 0}, {"row": 1}, {"row": 2}]
