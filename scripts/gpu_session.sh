@@ -121,18 +121,18 @@ for step in "$@"; do
       done ;;
     gpus)         # issue 13: one GPU against every visible GPU, both paths (run nsfw-plan first).
                   # Start-up of the SDK processes is 25-35 s (docs/benchmarks.md, "Long runs"):
-                  # for the two-GPU proof use CORPUS_COUNT=100000 so it does not dominate.
-                  # GPUS_RUNS=pre:corpus-dir-suffix pairs; CORES_PER_GPU pins each run to that
-                  # many cores per GPU used (and adds a one-GPU run on every core)
+                  # for the two-GPU proof give it a long corpus (corpus step with CORPUS_LINKS).
+                  # GPUS_RUNS: pre:corpus-dir-suffix:SDK-processes-per-GPU; CORES_PER_GPU pins
+                  # each run to that many cores per GPU used (and adds a one-GPU run on every core)
       trt_env
       n=$(nvidia-smi -L | wc -l)
-      for run in ${GPUS_RUNS:-gpu: cpu:}; do
-        IFS=: read -r pre suffix <<< "$run"
+      for run in ${GPUS_RUNS:-gpu::8 cpu::8}; do
+        IFS=: read -r pre suffix wpg <<< "$run"
         [ -f $W/corpus-imagenet$suffix/corpus.json ] || python scripts/make_corpus.py --profile imagenet \
           --count ${CORPUS_COUNT:-10000} --output $W/corpus-imagenet$suffix > "$OUT/corpus-imagenet$suffix.json"
         python -m pipeline.benchmark gpus --engine $ENG/${GPUS_PLAN:-open_nsfw}.fp16.plan \
           --corpus $W/corpus-imagenet$suffix --corpus_name imagenet --preprocess $pre \
-          --workers_per_gpu ${WORKERS_PER_GPU:-8} ${CORES_PER_GPU:+--cores_per_gpu $CORES_PER_GPU} \
+          --workers_per_gpu ${wpg:-8} ${CORES_PER_GPU:+--cores_per_gpu $CORES_PER_GPU} \
           --json "$OUT/pipeline-${GPU_TAG}x$n-imagenet-$pre.json" 2>&1 | tail -8
       done ;;
     soak-gpu)     # 100k images through --preprocess gpu, RSS of every process each second
