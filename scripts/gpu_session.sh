@@ -157,6 +157,24 @@ for step in "$@"; do
           --label "CPU path $mode, H100 machine" --json "$OUT/stages-$mode.json"
         gzip -f "$OUT/prof-$mode.txt"
       done ;;
+    audit-uploads)  # a small uploads corpus through the GPU path, then pipeline.audit: is every
+                    # image in the predictions or the dead letters, once? (16 SDK processes, then in-process)
+      trt_env
+      NSFW=$(python -c "from transforms.runtime.storage import bundled_model_path as b; print(b('bundled://open_nsfw'))")
+      [ -f $ENG/nsfw-b64.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64.fp16.plan \
+        --fp16 --opt_batch 32 --max_batch 64 2>&1 | tail -1
+      d=$W/corpus-uploads-audit
+      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile uploads \
+        --count ${AUDIT_COUNT:-1500} --output $d | tee "$OUT/corpus-uploads-audit.json"
+      for mode in ${AUDIT_MODES:-mp16 inprocess}; do
+        extra=""; [ $mode = mp16 ] && extra="--direct_num_workers=16 --direct_running_mode=multi_processing"
+        rm -rf $W/audit-$mode
+        timeout ${AUDIT_TIMEOUT:-150} python -m pipeline.main --input "$d/uploads-*" --output $W/audit-$mode \
+          --backend tensorrt --engine $ENG/nsfw-b64.fp16.plan --preprocess gpu --min_batch_size 32 \
+          --max_batch_size 32 $extra 2>&1 | grep -vE "FutureWarning|warnings.warn|apitools" | tail -200 > $OUT/audit-$mode.log
+        grep summary $OUT/audit-$mode.log
+        python -m pipeline.audit --input "$d/uploads-*" --output $W/audit-$mode --json $OUT/audit-$mode.json
+      done ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
