@@ -29,11 +29,18 @@ from transforms.io import ERRORS, PREDICTIONS, file_prefix, read_jsonl
 EXIT_NOT_WHOLE = 4
 
 
-def input_uris(patterns: Sequence[str]) -> List[str]:
-    """Every file the globs match, once (overlapping globs name a file once)."""
+def input_uris(patterns: Sequence[str], input_list: Optional[str] = None) -> List[str]:
+    """Every file the globs match and the manifest names, once (as the run admits them)."""
+    from transforms.io import manifest_uri
+
     uris = set()
-    for result in FileSystems.match(list(patterns)):
+    for result in FileSystems.match(list(patterns)) if patterns else []:
         uris.update(m.path for m in result.metadata_list)
+    if input_list:
+        with FileSystems.open(input_list,
+                              compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            uris.update(u for line in f.read().decode("utf-8").splitlines()
+                        if (u := manifest_uri(line)))
     return sorted(uris)
 
 
@@ -79,15 +86,16 @@ def describe(uri: str) -> Dict[str, Any]:
 
 
 def audit(patterns: Sequence[str], output: str, run_id: Optional[str] = None,
-          examples: int = 20) -> Dict[str, Any]:
+          examples: int = 20, input_list: Optional[str] = None) -> Dict[str, Any]:
     """Inputs against predictions and dead letters, by URI."""
-    inputs = input_uris(patterns)
+    inputs = input_uris(patterns, input_list)
     scored = output_uris(output, PREDICTIONS, run_id)
     failed = output_uris(output, ERRORS, run_id)
     seen = scored + failed
     missing = [u for u in inputs if u not in seen]
     twice = sorted(u for u, n in seen.items() if n > 1)
-    unknown = sorted(u for u in seen if u not in set(inputs))
+    known = set(inputs)
+    unknown = sorted(u for u in seen if u not in known)
     report = {
         "inputs": len(inputs), "predictions": sum(scored.values()),
         "dead_letters": sum(failed.values()), "missing": len(missing),
@@ -109,13 +117,16 @@ def audit(patterns: Sequence[str], output: str, run_id: Optional[str] = None,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.audit", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", action="append", required=True,
+    ap.add_argument("--input", action="append", default=[],
                     help="the run's input glob (repeatable)")
+    ap.add_argument("--input_list", help="the run's manifest of URIs")
     ap.add_argument("--output", required=True, help="the run's --output prefix")
     ap.add_argument("--run_id", help="only this run's files (default: every run's)")
     ap.add_argument("--json", help="write the report here")
     a = ap.parse_args(argv)
-    report = audit(a.input, a.output, a.run_id)
+    if not a.input and not a.input_list:
+        ap.error("expected --input GLOB or --input_list FILE (the run's inputs), got neither")
+    report = audit(a.input, a.output, a.run_id, input_list=a.input_list)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -187,6 +187,8 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
         record["cpus"] = len(cpus)
     if out:
         record["stages"] = _stages_or_error(out)
+    if out and "pipeline.main" in args:
+        record["audit"] = _audit_or_error(args, out)
     if devices:
         record["per_gpu"] = {str(d): g.summary() for d, g in per_gpu.items()}
     if progress is not None:
@@ -205,8 +207,24 @@ def _stages_or_error(output: str) -> Dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def _audit_or_error(args: Sequence[str], output: str) -> Dict[str, Any]:
+    """Did the run write every input once (pipeline.audit's counts)? A figure from a run
+    that lost images must say so beside it: on the H200 one wrote 48,620 of 50,000."""
+    from pipeline.audit import audit
+
+    inputs = [args[i + 1] for i, x in enumerate(args) if x == "--input"]
+    try:
+        report = audit(inputs, output, examples=3)
+    except Exception as exc:  # noqa: BLE001 - reported beside the run, not fatal to it
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {k: v for k, v in report.items() if not k.endswith("_examples")
+            and k != "missing_kinds"} | {"missing_examples": report["missing_examples"]}
+
+
 def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
-    return round(num / den, 3) if num and den else None
+    """num / den, or None where either is missing, zero or NaN (a run that failed)."""
+    ok = all(x is not None and x == x and x != 0 for x in (num, den))
+    return round(num / den, 3) if ok else None
 
 
 def _corpus_glob(a: argparse.Namespace) -> str:
@@ -334,6 +352,11 @@ def pipeline_table(records: Sequence[Dict[str, Any]]) -> str:
         for r in records:
             cell = _fmt(r.get(key), digits=0)
             detail = r.get("runs", {}).get(run) if run else None
+            if detail and detail.get("returncode"):
+                cells.append(f"failed (exit {detail['returncode']})")
+                continue
+            if detail and detail.get("audit", {}).get("missing"):
+                cell += f" LOST {detail['audit']['missing']} images"
             if detail and "steady" not in key and r.get(key) is not None:
                 cell += (f" (GPU {_fmt(detail.get('gpu_util_mean'), digits=0)}%, "
                          f"CPU {_fmt(detail.get('cpu_percent'), digits=0)}%)")

@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipeline.accounting import EXIT_UNACCOUNTED, ImagesUnaccounted, check_accounting
 from pipeline.budget import FailureBudgetExceeded, check_failure_budget
 from pipeline.build import build_pipeline
 from pipeline.config import RunConfig
@@ -47,6 +48,7 @@ class RunSummary:
     batch_p95_ms: float
     batches: int
     preprocess: str = "cpu"
+    admitted: int = 0       # images that entered the run (after the anti-join)
 
     @property
     def images_per_s(self) -> float:
@@ -75,7 +77,7 @@ def summarize(result: beam.runners.runner.PipelineResult, cfg: RunConfig,
                       skipped=_metric(result, "images_skipped"),
                       wall_s=wall_s, batch_p50_ms=percentile(batch_ms, 50),
                       batch_p95_ms=percentile(batch_ms, 95), batches=len(batch_ms),
-                      preprocess=cfg.preprocess)
+                      preprocess=cfg.preprocess, admitted=_metric(result, "images_admitted"))
 
 
 def configure(argv: Sequence[str]) -> Tuple[PipelineOptions, RunConfig]:
@@ -116,6 +118,8 @@ def run(argv: Optional[Sequence[str]] = None,
     result.wait_until_finish()   # Dataflow: raises if the job failed or was cancelled
     summary = summarize(result, cfg, time.perf_counter() - start)
     print(summary.line(), flush=True)
+    check_accounting(summary.admitted, summary.ok, summary.failed, cfg.inputs,
+                     cfg.input_list, cfg.output, cfg.run_id)
     check_failure_budget(summary.ok, summary.failed, cfg.max_failed_fraction, cfg.max_failed,
                          file_prefix(cfg.output, ERRORS, cfg.run_id) + "-*.jsonl")
     return summary
@@ -156,6 +160,9 @@ def main() -> int:
     except FailureBudgetExceeded as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except ImagesUnaccounted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNACCOUNTED
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130

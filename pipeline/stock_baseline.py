@@ -48,6 +48,19 @@ class _PadToBatch(beam.DoFn):
         yield np.stack(batch)
 
 
+class StockHandlerOnTrt86(tensorrt_inference.TensorRTEngineHandlerNumPy):
+    """Beam's stock handler with its TensorRT version check switched off, and nothing else.
+
+    The switch happens in ``load_model``, on the SDK worker that loads the engine: setting
+    it on the launcher alone did not reach the worker processes of a multi-process run
+    (each imports Beam afresh), so every stock run with ``--direct_num_workers`` failed
+    with "RunInference requires TensorRT 10 or later" (H200, 2026-11-30)."""
+
+    def load_model(self):
+        tensorrt_inference._check_trt_version = lambda: None   # the one concession
+        return super().load_model()
+
+
 def _rows(result) -> List[str]:
     """One line per image row of a stock PredictionResult, for a benchmark to count.
 
@@ -69,9 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     "(predictions-*.jsonl), so a benchmark can watch the "
                                     "stock run's steady rate as it watches ours")
     a, beam_args = p.parse_known_args(argv)
-    tensorrt_inference._check_trt_version = lambda: None   # the one concession: see above
-    handler = tensorrt_inference.TensorRTEngineHandlerNumPy(
-        min_batch_size=1, max_batch_size=1, engine_path=a.engine)
+    handler = StockHandlerOnTrt86(min_batch_size=1, max_batch_size=1, engine_path=a.engine)
     limits, spec = DecodeLimits(), OPEN_NSFW_SPEC
     start = time.perf_counter()
     with beam.Pipeline(argv=beam_args) as pipe:

@@ -107,6 +107,7 @@ def test_timed_child_reports_the_run_and_its_first_output(tmp_path):
     assert r["returncode"] == 0 and r["ok"] == 6
     assert r["first_output_s"] is not None and "steady_images_per_s" in r
     assert r["stages"]["run"]["images"] == 6          # the run's own per-stage table
+    assert r["audit"]["whole"] and r["audit"]["predictions"] == 6
 
 
 def test_timed_child_pins_the_run_to_the_cores_it_is_given(tmp_path):
@@ -152,7 +153,10 @@ def test_pipeline_ratios_table_and_report(tmp_path, capsys):
     assert r["e2e_gpu_steady_vs_min_engine_dali"] == 0.875
     assert r["e2e_gpu_vs_stock_beam"] == 4.0 and r["e2e_gpu_steady_vs_stock_beam"] is None and r["e2e_gpu_steady_vs_cpu"] == 4.667
     assert r["e2e_cpu_steady_vs_pool_ceiling"] == 0.938
-    uploads = dict(rec, corpus="uploads", stock_beam_images_per_s=None)
+    assert ratios(dict(rec, stock_beam_images_per_s=float("nan")))["e2e_gpu_vs_stock_beam"] is None
+    uploads = dict(rec, corpus="uploads", stock_beam_images_per_s=None,
+                   runs={"stock_beam": {"returncode": 1},
+                         "e2e_gpu": {"audit": {"missing": 3}, "gpu_util_mean": 1.0}})
     paths = []
     for i, record in enumerate((rec, uploads)):
         paths.append(tmp_path / f"p{i}.json")
@@ -163,7 +167,9 @@ def test_pipeline_ratios_table_and_report(tmp_path, capsys):
     assert bench_main(["pipeline-report", *map(str, paths), "--markdown", str(md), *png]) == 0
     text = md.read_text()
     assert "| imagenet (50000 images, batch 32, 16 cores) | uploads" in text
-    assert "| end to end, --preprocess gpu | 2000 (GPU 30%, CPU 900%) |" in text
+    assert "| end to end, --preprocess gpu | 2000 (GPU 30%, CPU 900%) | 2000 LOST 3 images" in text
+    assert "| Beam's stock TensorRTEngineHandlerNumPy | 500 | failed (exit 1) |" \
+        in text
     assert "| e2e_gpu_vs_stock_beam | 4.00 | – |" in text
     if has_mpl:
         assert (tmp_path / "t.png").stat().st_size > 1000
@@ -179,3 +185,23 @@ def test_stock_baseline_writes_one_line_per_batch_row():
     batch = np.zeros((3, 4, 4, 3), np.float32)            # one element = a batch of 3
     lines = _rows(PredictionResult(example=batch, inference=[np.ones(2)]))
     assert [json.loads(x) for x in lines] == [{"row": 0}, {"row": 1}, {"row": 2}]
+
+
+def test_stock_handler_switches_off_the_version_check_where_it_loads(monkeypatch):
+    """The concession must act in the process that loads the engine (an SDK worker), so it
+    lives in load_model: here the load then fails only for want of the plan file."""
+    import pickle
+
+    from apache_beam.ml.inference import tensorrt_inference
+
+    from pipeline.stock_baseline import StockHandlerOnTrt86
+
+    calls = []
+    monkeypatch.setattr(tensorrt_inference, "_check_trt_version",
+                        lambda: calls.append("checked"))
+    handler = pickle.loads(pickle.dumps(StockHandlerOnTrt86(
+        min_batch_size=1, max_batch_size=1, engine_path="/nonexistent/fixed32.plan")))
+    with pytest.raises(Exception):
+        handler.load_model()
+    assert calls == []                       # the worker-side load never checked
+    assert tensorrt_inference._check_trt_version() is None

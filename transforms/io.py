@@ -113,6 +113,9 @@ class _NewOnce(beam.DoFn):
 
     def __init__(self) -> None:
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "images_skipped")
+        # every image admitted here must end as images_ok or images_failed: the launcher
+        # checks that balance (pipeline/accounting.py)
+        self._admitted = Metrics.counter(METRICS_NAMESPACE, "images_admitted")
 
     def process(self, element: tuple) -> Iterator[str]:
         uri, groups = element
@@ -121,6 +124,7 @@ class _NewOnce(beam.DoFn):
         if list(groups["scored"]):
             self._skipped.inc()
             return
+        self._admitted.inc()
         yield uri
 
 
