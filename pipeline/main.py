@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -68,6 +68,15 @@ def _metric(result: beam.runners.runner.PipelineResult, name: str) -> int:
     return int(sum(c.result for c in query["counters"]))
 
 
+def stage_counters(result: beam.runners.runner.PipelineResult) -> Dict[str, int]:
+    """Every counter of the run's namespace: where images went, stage by stage."""
+    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    counts: Dict[str, int] = {}
+    for c in query["counters"]:
+        counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(c.result)
+    return dict(sorted(counts.items()))
+
+
 def summarize(result: beam.runners.runner.PipelineResult, cfg: RunConfig,
               wall_s: float) -> RunSummary:
     batch_ms: List[float] = []
@@ -118,8 +127,11 @@ def run(argv: Optional[Sequence[str]] = None,
     result.wait_until_finish()   # Dataflow: raises if the job failed or was cancelled
     summary = summarize(result, cfg, time.perf_counter() - start)
     print(summary.line(), flush=True)
-    check_accounting(summary.admitted, summary.ok, summary.failed, cfg.inputs,
-                     cfg.input_list, cfg.output, cfg.run_id)
+    try:
+        check_accounting(summary.admitted, summary.ok, summary.failed, cfg.inputs,
+                         cfg.input_list, cfg.output, cfg.run_id)
+    except ImagesUnaccounted as exc:
+        raise ImagesUnaccounted(f"{exc} Counters by stage: {stage_counters(result)}") from None
     check_failure_budget(summary.ok, summary.failed, cfg.max_failed_fraction, cfg.max_failed,
                          file_prefix(cfg.output, ERRORS, cfg.run_id) + "-*.jsonl")
     return summary

@@ -62,6 +62,8 @@ def test_a_run_that_loses_an_image_fails_with_exit_4(tmp_path, monkeypatch, caps
     assert launcher.main() == 4
     err = capsys.readouterr().err
     assert "1 of 6 images admitted to run lossy are in neither" in err
+    assert "Counters by stage: {" in err and "'images_admitted': 6" in err
+    assert "'images_ok': 5" in err and "'images_pillow_in': 6" in err
     assert (f"python -m pipeline.audit --input {shlex.quote(str(images / '*'))} "
             f"--output {out} --run_id lossy") in err
     # the audit the message names finds exactly that image

@@ -98,9 +98,17 @@ def test_gpu_graph_routes_falls_back_and_scores_each_image_once(tmp_path):
     p = beam.Pipeline()
     build_pipeline(p, cfg, handler=NumpyModelHandler(OnnxLoader(str(model))),
                    gpu_handler=NumpyModelHandler(StandInLoader(str(model))))
-    p.run().wait_until_finish()
+    result = p.run()
+    result.wait_until_finish()
     preds = {Path(r["uri"]).name: r for r in read_jsonl(str(tmp_path / "out" /
                                                             "predictions-*.jsonl"))}
+    # the balance the launcher checks, and the stage counts it prints when it fails:
+    # the Pillow path receives what the route sent it plus what DALI handed back
+    from pipeline.main import stage_counters
+
+    c = stage_counters(result)
+    assert c["images_admitted"] == c["images_ok"] + c["images_failed"] == 10
+    assert c["images_pillow_in"] == c["images_cpu_path"] + c["images_gpu_fallback"] == 2
     errors = {Path(r["uri"]).name: r for r in read_jsonl(str(tmp_path / "out" /
                                                              "errors-*.jsonl"))}
     assert sorted(preds) == sorted(n for n in files if n != "cut.jpg")

@@ -10,16 +10,17 @@ import io
 import re
 import struct
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
+from apache_beam.metrics import Metrics
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transforms.spec import DecodeLimits, ModelSpec
 from transforms.decode_errors import (DecodeError, EmptyImage, ImageTooLarge,
                                       UndecodableImage, UnsupportedFormat, UnsupportedMode)
 from transforms.image_bounds import check_bytes, check_opened
-from transforms.records import Item, PerImageStageFn
+from transforms.records import METRICS_NAMESPACE, Item, PerImageStageFn
 
 __all__ = ["DecodeError", "EmptyImage", "ImageTooLarge", "UndecodableImage",
            "UnsupportedFormat", "UnsupportedMode", "check_size",
@@ -199,6 +200,14 @@ class DecodeImage(PerImageStageFn):
         super().__init__()
         self._spec = spec
         self._limits = limits
+        # what reached the Pillow path: with --preprocess gpu it must equal the route's
+        # images_cpu_path plus images_gpu_fallback (the launcher prints them when a run's
+        # counts do not balance, to show between which stages images went missing)
+        self._entered = Metrics.counter(METRICS_NAMESPACE, "images_pillow_in")
+
+    def process(self, item: Item) -> Iterator[Any]:
+        self._entered.inc()
+        return super().process(item)
 
     def apply(self, item: Item) -> np.ndarray:
         return decode_image(item.payload, self._limits, self._spec.resize_size,
