@@ -124,11 +124,17 @@ def chart(records: Sequence[Dict[str, Any]], path: str, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def cmd_report(a: argparse.Namespace) -> int:
+def _load_records(paths: Sequence[str]) -> List[Dict[str, Any]]:
+    """The JSON records a report combines, in the order given."""
     records = []
-    for path in a.json_files:
+    for path in paths:
         with open(path) as f:
             records.append(json.load(f))
+    return records
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    records = _load_records(a.json_files)
     table = markdown(records)
     devices = sorted({r["device"] for r in records})
     dates = sorted({r["date"] for r in records})
@@ -163,9 +169,14 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
 
     from transforms.runtime.benchmark import GpuSampler, ShardProgress
 
+    from transforms.runtime import startup
+
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    launched = time.time()
     out = _output_of(args)
+    milestones = tempfile.mkdtemp(prefix="startup-")
+    env = {**(env or {}), startup.ENV: milestones}
     with contextlib.ExitStack() as stack:
         progress = stack.enter_context(ShardProgress(out)) if out else None
         sampler = stack.enter_context(GpuSampler())
@@ -185,6 +196,7 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
               "cpu_percent": 100.0 * cpu / wall if wall > 0 else None, **sampler.summary()}
     if cpus is not None:
         record["cpus"] = len(cpus)
+    record["startup"] = startup.summarize(milestones, launched)
     if out:
         record["stages"] = _stages_or_error(out)
     if out and "pipeline.main" in args:
@@ -393,10 +405,7 @@ def pipeline_chart(records: Sequence[Dict[str, Any]], path: str) -> None:
 
 
 def cmd_pipeline_report(a: argparse.Namespace) -> int:
-    records = []
-    for path in a.json_files:
-        with open(path) as f:
-            records.append(json.load(f))
+    records = _load_records(a.json_files)
     text = pipeline_table(records)
     print(text)
     if a.markdown:

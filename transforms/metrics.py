@@ -21,6 +21,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.postprocess import Prediction
 from transforms.records import METRICS_NAMESPACE
+from transforms.runtime import startup
 
 BUNDLES = "bundles"
 
@@ -54,6 +55,7 @@ class BundleMetrics(beam.DoFn):
         self._devices: Counter = Counter()
 
     def start_bundle(self) -> None:
+        startup.record("first_bundle")
         self._reset()
 
     def process(self, p: Prediction) -> Iterator[Dict[str, Any]]:

@@ -37,9 +37,11 @@ from transforms.runtime.batching import (ENCODED_DTYPE, batch_inputs, run_in_chu
                                          split_rows, stack_batch, stack_encoded)
 from transforms.runtime.errors import (ItemFailure, SharedModelError, SystemicError,
                                        is_out_of_memory)
+from transforms.runtime import startup
 from transforms.runtime.runner import Runner, RunnerInfo
 
 LOG = logging.getLogger(__name__)
+startup.record("imported")      # this process has Beam, numpy and the handler imported
 
 # What a MultiProcessShared proxy raises when its server process is gone or broken,
 # or when it lacks a method: a fault of the worker, never of one image.
@@ -81,7 +83,13 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
         self._max_batch = max_batch_size
 
     def load_model(self) -> Runner:
-        return self._loader()
+        start = time.perf_counter()
+        startup.record("load_start", once=False)
+        runner = self._loader()
+        startup.record("load_done", once=False,
+                       load_s=round(time.perf_counter() - start, 3),
+                       backend=getattr(self._loader, "backend", None))
+        return runner
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         """The loader's bounds (TensorRT: the profile's opt and max), unless overridden."""

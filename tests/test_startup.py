@@ -1,0 +1,59 @@
+"""Start-up milestones of each process (BEAM_TRT_STARTUP_DIR), and their summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from transforms.runtime import startup
+
+
+def test_milestones_are_written_once_per_process_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(startup, "_SEEN", set())
+    monkeypatch.delenv(startup.ENV, raising=False)
+    startup.record("imported")
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setenv(startup.ENV, str(tmp_path))
+    startup.record("imported")
+    startup.record("imported")                    # once per process
+    startup.record("load_done", once=False, load_s=1.5)
+    lines = [json.loads(x) for x in (tmp_path / f"startup-{os.getpid()}.jsonl").read_text()
+             .splitlines()]
+    assert [x["milestone"] for x in lines] == ["imported", "load_done"]
+    assert lines[0]["pid"] == os.getpid() and lines[1]["load_s"] == 1.5
+    start = startup.process_start_unix()
+    assert start is None or 0 <= lines[0]["since_start_s"] <= time.time() - start + 1
+
+
+def test_summary_over_processes_leaves_out_those_without_a_model(tmp_path):
+    t0 = 1000.0
+
+    def write(pid, rows):
+        with open(tmp_path / f"startup-{pid}.jsonl", "w") as f:
+            for milestone, t, extra in rows:
+                f.write(json.dumps({"pid": pid, "milestone": milestone, "t": t0 + t,
+                                    "since_start_s": t - 1, **extra}) + "\n")
+
+    write(1, [("imported", 3, {}), ("load_start", 4, {}), ("load_done", 6, {"load_s": 2}),
+              ("load_done", 30, {"load_s": 9}), ("first_bundle", 7, {})])
+    write(2, [("imported", 5, {}), ("load_start", 6, {}), ("load_done", 10, {"load_s": 4}),
+              ("first_bundle", 11, {})])
+    write(3, [("imported", 1, {})])                # the launcher: no model
+    s = startup.summarize(str(tmp_path), launched_unix=t0)
+    assert s["processes"] == 2
+    assert s["imported_since_launch_s"] == {"median": 5, "max": 5}
+    assert s["first_bundle_since_launch_s"] == {"median": 11, "max": 11}
+    assert s["model_load_s"] == {"median": 4, "max": 4}     # the first load of each
+    assert s["load_done_since_process_start_s"]["max"] == 9
+
+
+def test_a_timed_run_reports_its_processes_start_up(tmp_path):
+    from pipeline.benchmark import _timed_child
+    from tests.conftest import SAMPLES
+
+    r = _timed_child(["-m", "pipeline.main", "--input", str(SAMPLES / "*.jpg"), "--output",
+                      str(tmp_path / "out")])
+    s = r["startup"]
+    assert s["processes"] == 1 and s["model_load_s"]["max"] > 0
+    assert s["imported_since_launch_s"]["max"] <= s["first_bundle_since_launch_s"]["max"]

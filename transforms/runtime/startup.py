@@ -1,0 +1,93 @@
+"""Where an SDK process's start-up goes: process start -> imports -> model load -> first bundle.
+
+Why: on the H200 the first prediction of a 16-process GPU-path run came 23-37 s after
+launch, and that grew with the number of processes (docs/benchmarks.md, 2026-11-30). That
+start-up, not the per-image work, kept end-to-end rates far below the steady state. A
+profiler over 17 processes gave no trustworthy table (py-spy, stop 15), so each process
+writes its own milestones instead.
+
+Off unless ``BEAM_TRT_STARTUP_DIR`` is set (``python -m pipeline.benchmark`` sets it for
+the runs it times): then each process appends one JSON line per milestone to
+``<dir>/startup-<pid>.jsonl``: the milestone, wall-clock time, and seconds since the
+process started (from /proc, so the interpreter's own start and imports count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+ENV = "BEAM_TRT_STARTUP_DIR"
+MILESTONES = ("imported", "load_start", "load_done", "first_bundle")
+
+
+def process_start_unix() -> Optional[float]:
+    """When this process was created (Linux: /proc/self/stat starttime), else None."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])                   # field 22 overall: starttime
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+_START = process_start_unix()
+_SEEN: set = set()
+
+
+def record(milestone: str, once: bool = True, **fields: Any) -> None:
+    """Append ``milestone`` for this process (once per process unless ``once`` is False)."""
+    folder = os.environ.get(ENV)
+    if not folder or (once and milestone in _SEEN):
+        return
+    _SEEN.add(milestone)
+    now = time.time()
+    line = {"pid": os.getpid(), "milestone": milestone, "t": round(now, 3),
+            "since_start_s": round(now - _START, 3) if _START else None, **fields}
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"startup-{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+    except OSError:
+        pass       # instrumentation never fails a run
+
+
+def summarize(folder: str, launched_unix: Optional[float] = None) -> Dict[str, Any]:
+    """Per milestone, the median and max over processes of seconds since each process
+    started, and (with ``launched_unix``) since the run was launched; plus model load
+    times. Processes that never loaded a model (the launcher) are left out."""
+    per_pid: Dict[int, Dict[str, Dict[str, Any]]] = {}
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            with open(os.path.join(folder, name)) as f:
+                for raw in f:
+                    rec = json.loads(raw)
+                    # the first of each: a GPU run loads a second model later
+                    per_pid.setdefault(rec["pid"], {}).setdefault(rec["milestone"], rec)
+    workers = {pid: m for pid, m in per_pid.items() if "load_done" in m}
+
+    def stats(values: List[float]) -> Dict[str, float]:
+        values = sorted(values)
+        return {"median": round(values[len(values) // 2], 2), "max": round(values[-1], 2)}
+
+    out: Dict[str, Any] = {"processes": len(workers)}
+    for milestone in MILESTONES:
+        since_start = [m[milestone]["since_start_s"] for m in workers.values()
+                       if milestone in m and m[milestone]["since_start_s"] is not None]
+        if since_start:
+            out[f"{milestone}_since_process_start_s"] = stats(since_start)
+        if launched_unix is not None:
+            since_launch = [m[milestone]["t"] - launched_unix for m in workers.values()
+                            if milestone in m]
+            if since_launch:
+                out[f"{milestone}_since_launch_s"] = stats(since_launch)
+    loads = [m["load_done"].get("load_s") for m in workers.values()
+             if m["load_done"].get("load_s") is not None]
+    if loads:
+        out["model_load_s"] = stats(loads)
+    return out
