@@ -24,7 +24,8 @@ from transforms.preprocess import Preprocess
 from transforms.records import (DEAD_LETTER, METRICS_NAMESPACE, Item, ItemKey,
                                 dead_letter_record)
 from transforms.runtime.errors import ItemFailure, SystemicError
-from transforms.runtime.onnx import OnnxLoader
+from transforms.runtime.onnx import DEFAULT_MAX_BATCH, OnnxLoader
+from transforms.runtime.onnx_gpu import OnnxDaliLoader
 from transforms.runtime.tensorrt.gpu_runner import GPU_OK, TrtDaliLoader
 from transforms.runtime.tensorrt.runner import TrtLoader
 
@@ -48,6 +49,15 @@ def make_loader(cfg: RunConfig) -> Loader:
             input_name=spec.input_name, input_dtype=spec.input_dtype,
             example_shape=spec.input_shape(1)[1:], device=cfg.gpu_device)
     return onnx_loader(cfg)
+
+
+def make_gpu_loader(cfg: RunConfig) -> Loader:
+    """The GPU path's loader: the engine or session fed by DALI on the device."""
+    if cfg.backend == "tensorrt":
+        return TrtDaliLoader(make_loader(cfg), cfg.spec, cfg.dali)
+    return OnnxDaliLoader(onnx_loader(cfg), cfg.spec, cfg.dali,
+                          max_batch=cfg.max_batch_size or DEFAULT_MAX_BATCH,
+                          device=cfg.gpu_device)
 
 
 def make_handler(cfg: RunConfig) -> NumpyModelHandler:
@@ -154,9 +164,8 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
         routed = read.images | "RouteForGpu" >> beam.ParDo(
             RouteForGpu(cfg.spec, cfg.limits)).with_outputs(DEAD_LETTER, CPU_PATH, main="gpu")
         gpu_handler = gpu_handler or NumpyModelHandler(
-            TrtDaliLoader(make_loader(cfg), cfg.spec, cfg.dali),
-            min_batch_size=cfg.min_batch_size, max_batch_size=cfg.max_batch_size,
-            model_copies=cfg.model_copies)
+            make_gpu_loader(cfg), min_batch_size=cfg.min_batch_size,
+            max_batch_size=cfg.max_batch_size, model_copies=cfg.model_copies)
         gpu_results, gpu_failed = _infer(routed.gpu, "Gpu", gpu_handler)
         split = gpu_results | "SplitGpuResults" >> beam.ParDo(
             SplitGpuResults()).with_outputs(CPU_PATH, main="scored")

@@ -109,6 +109,8 @@ class RunConfig:
                                             or self.gpu_device < 0):
             raise ConfigError(f"--gpu_device: expected a device index >= 0, got "
                               f"{self.gpu_device!r}")
-        if self.preprocess == "gpu" and self.backend != "tensorrt":
-            raise ConfigError("--preprocess gpu: expected --backend tensorrt (the ONNX Runtime "
-                              f"GPU path is not built yet), got --backend {self.backend}")
+        if (self.preprocess == "gpu" and self.backend == "onnx"
+                and self.onnx_providers[:1] != ("CUDAExecutionProvider",)):
+            raise ConfigError("--preprocess gpu with --backend onnx: expected --onnx_providers "
+                              "to start with CUDAExecutionProvider (DALI's batch is bound on "
+                              f"the GPU), got {','.join(self.onnx_providers)}")

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import time
 import uuid
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
@@ -122,9 +122,12 @@ class InferenceOptions(PipelineOptions):
                             "model per SDK process.")
         g.add_argument("--preprocess", default="auto", choices=("auto",) + PREPROCESS_PATHS,
                        help="Where images are decoded and preprocessed: gpu (NVIDIA DALI, "
-                            "straight into the TensorRT engine), cpu (Pillow), or auto: gpu "
-                            "when --backend tensorrt and nvidia-dali imports here, else cpu. "
-                            "Files DALI would not decode as Pillow does take the CPU path.")
+                            "straight into the TensorRT engine, or bound to ONNX Runtime's "
+                            "CUDA EP through IOBinding), cpu (Pillow), or auto: gpu when the "
+                            "model runs on the GPU (--backend tensorrt, or --backend onnx "
+                            "with CUDAExecutionProvider first) and nvidia-dali imports here, "
+                            "else cpu. Files DALI would not decode as Pillow does take the "
+                            "CPU path.")
         g.add_argument("--dali_hw_decoder_load", type=float,
                        default=DaliOptions.hw_decoder_load,
                        help="Share of JPEGs sent to the GPU's hardware decoders (0-1); the "
@@ -205,7 +208,8 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         trt_optimization_level=opts.trt_optimization_level,
         skip_scored=tuple(opts.skip_scored or ()),
         run_id=opts.run_id or new_run_id(),
-        preprocess=resolve_preprocess(opts.preprocess, opts.backend),
+        preprocess=resolve_preprocess(opts.preprocess, opts.backend,
+                                      tuple(_csv(opts.onnx_providers))),
         dali=_dali_options(opts),
         gpu_device=opts.gpu_device,
         max_failed_fraction=opts.max_failed_fraction,
@@ -234,11 +238,14 @@ def apply_folded_engine(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, spec=wire_spec(spec))
 
 
-def resolve_preprocess(choice: str, backend: str) -> str:
-    """--preprocess auto: gpu when the engine runs on the GPU and DALI imports, else cpu."""
+def resolve_preprocess(choice: str, backend: str, onnx_providers: Tuple[str, ...] = ()) -> str:
+    """--preprocess auto: gpu when the model runs on the GPU (TensorRT, or ONNX Runtime
+    with the CUDA EP first) and DALI imports, else cpu."""
     if choice != "auto":
         return choice
-    return "gpu" if backend == "tensorrt" and dali_available() else "cpu"
+    on_gpu = backend == "tensorrt" or (backend == "onnx" and onnx_providers[:1] ==
+                                       ("CUDAExecutionProvider",))
+    return "gpu" if on_gpu and dali_available() else "cpu"
 
 
 def _dali_options(opts) -> DaliOptions:

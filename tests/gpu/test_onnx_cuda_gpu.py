@@ -113,3 +113,75 @@ def test_out_of_memory_on_the_gpu_lowers_the_ceiling_and_scores_every_row(
     np.testing.assert_allclose(got, want, rtol=1e-3)
     report["onnx_cuda_oom_batch_ceiling_after"] = model.batch_ceiling()
     assert model.batch_ceiling() is not None and model.batch_ceiling() <= 16
+
+
+@pytest.fixture(scope="module")
+def dali_on_cuda_ep(cuda_ep):
+    from transforms.runtime.gpu_preprocess import dali_available
+
+    if not dali_available():
+        pytest.skip("nvidia-dali is not installed here; for python3 3.12 under pack use "
+                    "nvidia-dali-cuda130 (pack --wheel)")
+
+
+def test_dali_batch_reaches_onnx_runtime_through_iobinding(dali_on_cuda_ep, tmp_path,
+                                                             report):
+    """--backend onnx --preprocess gpu: JPEGs decoded by DALI into a device buffer bound to
+    the CUDA EP's input; scores against the same model on the Pillow path."""
+    from pipeline.main import run
+    from transforms.io import read_jsonl
+
+    common = ["--input", str(SAMPLES / "*.jpg"), "--input", str(SAMPLES / "*.png"),
+              "--onnx_providers", "CUDAExecutionProvider,CPUExecutionProvider"]
+    s_gpu = run(common + ["--output", str(tmp_path / "gpu"), "--preprocess", "gpu"])
+    s_cpu = run(common + ["--output", str(tmp_path / "cpu"), "--preprocess", "cpu"])
+    assert s_gpu.ok == s_cpu.ok == 10 and s_gpu.failed == 0
+    preds = {name: {p["uri"]: p for p in read_jsonl(str(tmp_path / name / "predictions-*.jsonl"))}
+             for name in ("gpu", "cpu")}
+    paths = {u.rsplit("/", 1)[-1]: p["preprocess"] for u, p in preds["gpu"].items()}
+    assert paths["chelsea.jpg"] == "gpu" and paths["horse_rgba.png"] == "cpu"
+    diffs = {}
+    for uri, p in preds["gpu"].items():
+        gpu = {t["label"]: t["score"] for t in p["top_k"]}
+        cpu = {t["label"]: t["score"] for t in preds["cpu"][uri]["top_k"]}
+        diffs[uri] = abs(gpu["nsfw"] - cpu["nsfw"])
+    report["onnx_iobinding_gpu_vs_cpu_open_nsfw_max_abs_diff"] = max(diffs.values())
+    report["onnx_iobinding_gpu_path_summary"] = s_gpu.line()
+    # the issue's 0.02 bar is against the TensorRT GPU path (another Python here); this
+    # bounds the two paths of one backend as loosely as the TensorRT test does
+    assert max(diffs.values()) <= 0.05, diffs
+
+
+def test_onnx_dali_runner_binds_device_memory_and_frees_it(dali_on_cuda_ep, tmp_path):
+    """Batches of 1, 7 and 32 (the buffers' size) through the runner itself; outputs are
+    host copies; closing frees the device buffers."""
+    from transforms.runtime import cuda
+    from transforms.runtime.gpu_preprocess import DaliOptions
+    from transforms.runtime.onnx_gpu import OnnxDaliLoader
+    from transforms.runtime.storage import bundled_model_path
+    from transforms.runtime.tensorrt.gpu_runner import ENCODED, GPU_OK
+    from transforms.runtime.onnx import OnnxLoader
+    from transforms.spec import OPEN_NSFW_SPEC as spec
+
+    loader = OnnxDaliLoader(OnnxLoader(bundled_model_path("bundled://open_nsfw"),
+                                       providers=("CUDAExecutionProvider",),
+                                       input_name=spec.input_name,
+                                       input_dtype=spec.input_dtype,
+                                       example_shape=spec.input_shape(1)[1:]),
+                            spec, DaliOptions(), max_batch=32, device=0)
+    files = [np.frombuffer(p.read_bytes(), np.uint8) for p in sorted(SAMPLES.glob("*.jpg"))]
+    runner = loader()
+    try:
+        before = cuda.memory_used(0)
+        for n in (1, 7, 32):
+            batch = np.empty(n, dtype=object)
+            for i in range(n):
+                batch[i] = files[i % len(files)]
+            out = runner.infer({ENCODED: batch})
+            assert out[GPU_OK].all() and len(out[GPU_OK]) == n
+            probs = out[runner.info().outputs[0]]
+            assert probs.shape[0] == n and np.isfinite(probs).all()
+            assert probs.flags.owndata or probs.base is None
+        assert cuda.memory_used(0) <= before + (64 << 20)   # nothing grows per batch
+    finally:
+        runner.close()

@@ -16,6 +16,7 @@ fail a whole batch, or crash, on bytes that are not an image.
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, List, Sequence, Tuple
@@ -24,6 +25,8 @@ import numpy as np
 
 from transforms.runtime.errors import ModelLoadError
 from transforms.spec import ModelSpec
+
+LOG = logging.getLogger(__name__)
 
 _INTERP = {"nearest": "INTERP_NN", "bilinear": "INTERP_LINEAR", "bicubic": "INTERP_CUBIC",
            "lanczos": "INTERP_LANCZOS3", "box": "INTERP_LINEAR", "hamming": "INTERP_LINEAR"}
@@ -153,3 +156,32 @@ class DaliPreprocessor:
         """The same batch as a numpy array (tests and the benchmark's preprocessing row)."""
         with self._lock:
             return np.array(self._run(encoded).as_cpu().as_array(), copy=True)
+
+
+def fill_bisecting(pre: "DaliPreprocessor", encoded: Sequence[np.ndarray], ptr: int,
+                   row_bytes: int, stream: Any, ok: np.ndarray) -> None:
+    """Preprocess ``encoded`` into the device rows at ``ptr`` (``row_bytes`` apart), on
+    ``stream``. If DALI fails for a batch, split it and retry, down to single images; a
+    file that fails alone gets a zeroed row and ``ok[i] = False`` (the caller sends it to
+    the Pillow path). Every engine fed by DALI shares this rule."""
+    from transforms.runtime import cuda
+    from transforms.runtime.errors import SystemicError
+
+    def attempt(lo: int, hi: int) -> None:
+        try:
+            pre.to_device(encoded[lo:hi], ptr + lo * row_bytes, stream)
+        except SystemicError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for data
+            pre.reset()
+            if hi - lo == 1:
+                LOG.warning("GPU decode failed for one image; it goes to the CPU path: %s",
+                            str(exc).splitlines()[0][:300])
+                ok[lo] = False
+                cuda.memset_async(ptr + lo * row_bytes, row_bytes, stream)
+                return
+            mid = (lo + hi) // 2
+            attempt(lo, mid)
+            attempt(mid, hi)
+
+    attempt(0, len(encoded))

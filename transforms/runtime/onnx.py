@@ -124,6 +124,11 @@ class OnnxRunner(Runner):
     def info(self) -> RunnerInfo:
         return self._info
 
+    @property
+    def session(self) -> Any:
+        """The InferenceSession (None once closed), for runners that bind device memory."""
+        return self._session
+
     def infer(self, feeds: Feeds) -> Feeds:
         if sorted(feeds) != [self._input.name]:
             raise InputMismatch(f"{self._info.model_uri}: expected inputs "

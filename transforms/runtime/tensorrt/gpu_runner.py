@@ -12,7 +12,6 @@ bytes), so none is lost and none is scored twice.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Sequence, Tuple
 
@@ -20,12 +19,10 @@ import numpy as np
 
 from transforms.runtime.batching import ENCODED_DTYPE
 from transforms.runtime.errors import SystemicError
-from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor
+from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor, fill_bisecting
 from transforms.runtime.runner import Feeds, Runner, RunnerInfo, TensorInfo
 from transforms.runtime.tensorrt.runner import TrtLoader, TrtRunner
 from transforms.spec import ModelSpec
-
-LOG = logging.getLogger(__name__)
 
 ENCODED = "__encoded__"      # the runner's input: encoded image files
 GPU_OK = "__gpu_ok__"        # an extra output: False where DALI could not decode the file
@@ -80,30 +77,10 @@ class TrtDaliRunner(Runner):
 
     def _fill(self, encoded: Sequence[np.ndarray], ok: np.ndarray):
         """The run_filled callback: decode into the engine's buffer, bisecting on failure."""
-        from transforms.runtime import cuda
-
-        engine = self._trt.engine
-        row = engine.row_bytes(self._input)
+        row = self._trt.engine.row_bytes(self._input)
 
         def fill(ptr: int, stream: int) -> None:
-            def attempt(lo: int, hi: int) -> None:
-                try:
-                    self._pre.to_device(encoded[lo:hi], ptr + lo * row, stream)
-                except SystemicError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for data
-                    self._pre.reset()
-                    if hi - lo == 1:
-                        LOG.warning("GPU decode failed for one image; it goes to the CPU "
-                                    "path: %s", str(exc).splitlines()[0][:300])
-                        ok[lo] = False
-                        cuda.memset_async(ptr + lo * row, row, stream)
-                        return
-                    mid = (lo + hi) // 2
-                    attempt(lo, mid)
-                    attempt(mid, hi)
-
-            attempt(0, len(encoded))
+            fill_bisecting(self._pre, encoded, ptr, row, stream, ok)
 
         return fill
 
