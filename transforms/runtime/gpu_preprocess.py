@@ -43,6 +43,11 @@ class DaliOptions:
     hw_decoder_load: float = 0.9
     threads: int = 4
     device_id: int = 0
+    # Resize as Pillow does: horizontal pass to a uint8 image, then vertical, with the CPU
+    # path's own output size and crop offsets. On DALI's CPU backend this took open_nsfw
+    # from max |Δ| 0.086 to 0.0066 against the CPU path (scripts/dali_vs_pillow.py, 306
+    # JPEGs); off until it has run on the GPU backend.
+    pillow_resize: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hw_decoder_load <= 1.0:
@@ -84,8 +89,10 @@ class DaliPreprocessor:
     Beam's DoFn threads share the runner that owns this object.
     """
 
-    def __init__(self, spec: ModelSpec, max_batch: int, options: DaliOptions = DaliOptions()
-                 ) -> None:
+    def __init__(self, spec: ModelSpec, max_batch: int, options: DaliOptions = DaliOptions(),
+                 cpu_only: bool = False) -> None:
+        """``cpu_only`` builds the same graph on DALI's CPU backend (decoder "cpu", no
+        device): for checking the graph's arithmetic where there is no GPU (to_host only)."""
         fn, pipeline_def, types = _dali()
         self.spec = spec
         self.max_batch = max_batch
@@ -94,26 +101,30 @@ class DaliPreprocessor:
                      "uint8": types.UINT8}[spec.input_dtype]
         rh, rw = spec.resize_size
         interp = getattr(types, _INTERP[spec.interpolation])
+        decoder = {"device": "cpu"} if cpu_only else {
+            "device": "mixed", "hw_decoder_load": options.hw_decoder_load}
 
         @pipeline_def(batch_size=max_batch, num_threads=options.threads,
-                      device_id=options.device_id, exec_async=False, exec_pipelined=False,
-                      prefetch_queue_depth=1)
+                      device_id=None if cpu_only else options.device_id, exec_async=False,
+                      exec_pipelined=False, prefetch_queue_depth=1)
         def graph():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, batch=True)
             # fancy upsampling: chroma the way libjpeg-turbo (Pillow) upsamples it; without
             # it open_nsfw's scores moved by up to 0.075 against the CPU path
-            img = fn.decoders.image(encoded, device="mixed", output_type=types.RGB,
-                                    hw_decoder_load=options.hw_decoder_load,
-                                    jpeg_fancy_upsampling=True)
-            if spec.resize_policy == "exact":
-                img = fn.resize(img, resize_x=rw, resize_y=rh, interp_type=interp,
-                                antialias=True)
-            elif spec.resize_policy == "shorter_side":
-                img = fn.resize(img, resize_x=rw, resize_y=rh, mode="not_smaller",
-                                interp_type=interp, antialias=True)
-            if spec.crop == "center":
-                img = fn.crop(img, crop=(spec.height, spec.width), crop_pos_x=0.5,
-                              crop_pos_y=0.5, out_of_bounds_policy="error")
+            img = fn.decoders.image(encoded, output_type=types.RGB,
+                                    jpeg_fancy_upsampling=True, **decoder)
+            if options.pillow_resize:
+                img = pillow_resize_and_crop(img, spec, interp)
+            else:
+                if spec.resize_policy == "exact":
+                    img = fn.resize(img, resize_x=rw, resize_y=rh, interp_type=interp,
+                                    antialias=True)
+                elif spec.resize_policy == "shorter_side":
+                    img = fn.resize(img, resize_x=rw, resize_y=rh, mode="not_smaller",
+                                    interp_type=interp, antialias=True)
+                if spec.crop == "center":
+                    img = fn.crop(img, crop=(spec.height, spec.width), crop_pos_x=0.5,
+                                  crop_pos_y=0.5, out_of_bounds_policy="error")
             if spec.jpeg_roundtrip_quality is not None:
                 img = fn.jpeg_compression_distortion(img, quality=spec.jpeg_roundtrip_quality)
             if spec.channel_order == "BGR":
@@ -155,7 +166,51 @@ class DaliPreprocessor:
     def to_host(self, encoded: Sequence[np.ndarray]) -> np.ndarray:
         """The same batch as a numpy array (tests and the benchmark's preprocessing row)."""
         with self._lock:
-            return np.array(self._run(encoded).as_cpu().as_array(), copy=True)
+            out = self._run(encoded)
+            out = out.as_cpu() if hasattr(out, "as_cpu") else out
+            return np.array(out.as_array(), copy=True)
+
+
+def pillow_resize_and_crop(img: Any, spec: ModelSpec, interp: Any) -> Any:
+    """The spec's resize and centre crop as the CPU path computes them (transforms/
+    preprocess.py), on DALI: the output size from ``resized_size``'s rule, then a
+    horizontal pass to a uint8 image and a vertical pass (Pillow's order and its
+    intermediate rounding), then the crop at Pillow's floor((size - crop) / 2) offsets.
+
+    Why: DALI's one-pass resize differs from Pillow's by 0.16 pixel levels on average, and
+    open_nsfw's JPEG round-trip amplifies that to score changes of up to 0.086."""
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
+
+    def const(x: float) -> Any:
+        return types.Constant(float(x), dtype=types.FLOAT)
+
+    shape = img.shape(dtype=types.FLOAT)           # on the CPU, also for GPU data
+    h, w = shape[0], shape[1]
+    rh, rw = spec.resize_size
+    if spec.resize_policy == "exact":             # sizes and offsets known here
+        img = fn.resize(img, size=fn.stack(h, const(rw)), interp_type=interp, antialias=True)
+        img = fn.resize(img, size=[float(rh), float(rw)], interp_type=interp, antialias=True)
+        if spec.crop == "center":
+            return fn.slice(img, start=[(rh - spec.height) // 2, (rw - spec.width) // 2],
+                            shape=[spec.height, spec.width], axis_names="HW",
+                            out_of_bounds_policy="error")
+        return img
+    if spec.resize_policy == "shorter_side":
+        scale = dmath.max(rh / h, rw / w)          # cover the box, keep the aspect ratio
+        oh = dmath.max(const(rh), dmath.floor(h * scale + 0.5))
+        ow = dmath.max(const(rw), dmath.floor(w * scale + 0.5))
+        img = fn.resize(img, size=fn.stack(h, ow), interp_type=interp, antialias=True)
+        img = fn.resize(img, size=fn.stack(oh, ow), interp_type=interp, antialias=True)
+    else:
+        oh, ow = h, w
+    if spec.crop == "center":
+        top = dmath.floor((oh - float(spec.height)) / 2)
+        left = dmath.floor((ow - float(spec.width)) / 2)
+        img = fn.slice(img, start=fn.cast(fn.stack(top, left), dtype=types.INT32),
+                       shape=[spec.height, spec.width], axis_names="HW",
+                       out_of_bounds_policy="error")
+    return img
 
 
 def fill_bisecting(pre: "DaliPreprocessor", encoded: Sequence[np.ndarray], ptr: int,
