@@ -69,3 +69,12 @@ def test_a_folded_plan_switches_the_host_to_uint8_pixels(tmp_path):
     cfg2 = dataclasses.replace(cfg, engine=str(plain))
     assert apply_folded_engine(cfg2) is cfg2
     assert json.loads((tmp_path / "folded.plan.json").read_text())["builder"]["folded_spec"]
+
+
+def test_dali_resize_chooses_pillows_two_passes_and_nothing_else():
+    assert _cfg(["--input", "a/*", "--output", "o"]).dali.pillow_resize is False
+    cfg = _cfg(["--input", "a/*", "--output", "o", "--dali_resize", "pillow",
+                "--dali_threads", "2"])
+    assert cfg.dali.pillow_resize is True and cfg.dali.threads == 2
+    with pytest.raises(SystemExit):
+        _cfg(["--input", "a/*", "--output", "o", "--dali_resize", "bicubic"])

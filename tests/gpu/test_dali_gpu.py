@@ -80,11 +80,15 @@ def _nsfw(top_k) -> float:
     return next(t["score"] for t in top_k if t["label"] == "nsfw")
 
 
-@pytest.mark.xfail(strict=False, reason="the issue's bar is 0.02; measured max 0.036 on the "
-                                        "H100 (2026-11-24), mean 0.0025: JPEG round-trip and "
-                                        "resampling differ between nvJPEG/DALI and Pillow")
-def test_gpu_and_cpu_paths_agree_on_open_nsfw(dali, nsfw_engines, tmp_path, report):
-    """Samples (JPEGs on the GPU, PNGs fall back to Pillow) and 500 generated photos."""
+@pytest.mark.parametrize("resize", [
+    pytest.param("dali", marks=pytest.mark.xfail(
+        strict=False, reason="the issue's bar is 0.02; measured max 0.036 on the H100 "
+                             "(2026-11-24), mean 0.0025: DALI's one-pass resize against "
+                             "Pillow's two (docs/benchmarks.md)")),
+    "pillow"])
+def test_gpu_and_cpu_paths_agree_on_open_nsfw(dali, nsfw_engines, tmp_path, report, resize):
+    """Samples (JPEGs on the GPU, PNGs fall back to Pillow) and 500 generated photos;
+    with --dali_resize pillow the bar must hold (on DALI's CPU backend: 0.0066)."""
     images = tmp_path / "images"
     images.mkdir()
     for p in sample_paths():
@@ -93,7 +97,7 @@ def test_gpu_and_cpu_paths_agree_on_open_nsfw(dali, nsfw_engines, tmp_path, repo
         (images / f"photo-{i:03d}.jpg").write_bytes(data)
     common = ["--input", str(images / "*"), "--backend", "tensorrt",
               "--engine", str(nsfw_engines["fp32"])]
-    s_gpu = _run(common + ["--preprocess", "gpu"], tmp_path / "gpu")
+    s_gpu = _run(common + ["--preprocess", "gpu", "--dali_resize", resize], tmp_path / "gpu")
     s_cpu = _run(common + ["--preprocess", "cpu"], tmp_path / "cpu")
     assert s_gpu.ok == s_cpu.ok == 510 and s_gpu.failed == s_cpu.failed == 0
     gpu, cpu = _scores(tmp_path / "gpu"), _scores(tmp_path / "cpu")
@@ -102,8 +106,9 @@ def test_gpu_and_cpu_paths_agree_on_open_nsfw(dali, nsfw_engines, tmp_path, repo
     assert paths["horse_rgba.png"] == "cpu" and paths["chelsea.jpg"] == "gpu"
     assert sum(p == "gpu" for p in paths.values()) == 506   # 6 sample JPEGs + 500 photos
     diffs = {n: abs(_nsfw(gpu[n][0]) - _nsfw(cpu[n][0])) for n in gpu}
-    report["gpu_vs_cpu_open_nsfw_max_abs_diff"] = max(diffs.values())
-    report["gpu_vs_cpu_open_nsfw_mean_abs_diff"] = float(np.mean(list(diffs.values())))
+    report[f"gpu_vs_cpu_open_nsfw_max_abs_diff_{resize}_resize"] = max(diffs.values())
+    report[f"gpu_vs_cpu_open_nsfw_mean_abs_diff_{resize}_resize"] = float(
+        np.mean(list(diffs.values())))
     report["gpu_path_summary"] = s_gpu.line()
     report["cpu_path_summary"] = s_cpu.line()
     assert max(diffs.values()) <= 0.02, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
