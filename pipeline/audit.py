@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.io import ERRORS, PREDICTIONS, file_prefix, read_jsonl
+from transforms.io import ERRORS, PREDICTIONS, file_prefix, uris_in
 
 EXIT_NOT_WHOLE = 4
 
@@ -47,17 +47,9 @@ def input_uris(patterns: Sequence[str], input_list: Optional[str] = None) -> Lis
 def output_uris(output: str, name: str, run_id: Optional[str]) -> Counter:
     """How often each URI appears in ``<output>/<name>[-<run_id>]-*`` (JSONL or Parquet)."""
     prefix = file_prefix(output, name, run_id) if run_id else FileSystems.join(output, name)
-    pattern = prefix + "-*"
     counts: Counter = Counter()
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        if match.path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            with FileSystems.open(match.path,
-                                  compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                counts.update(pq.read_table(f, columns=["uri"]).column("uri").to_pylist())
-        else:
-            counts.update(r["uri"] for r in read_jsonl(match.path))
+    for match in FileSystems.match([prefix + "-*"])[0].metadata_list:
+        counts.update(uris_in(match.path))
     return counts
 
 
@@ -96,18 +88,19 @@ def audit(patterns: Sequence[str], output: str, run_id: Optional[str] = None,
     twice = sorted(u for u, n in seen.items() if n > 1)
     known = set(inputs)
     unknown = sorted(u for u in seen if u not in known)
+    described = [describe(u) for u in missing[:max(examples, 500)]]   # each file read once
     report = {
         "inputs": len(inputs), "predictions": sum(scored.values()),
         "dead_letters": sum(failed.values()), "missing": len(missing),
         "written_more_than_once": len(twice), "not_an_input": len(unknown),
         "whole": not (missing or twice or unknown),
-        "missing_examples": [describe(u) for u in missing[:examples]],
+        "missing_examples": described[:examples],
         "written_more_than_once_examples": twice[:examples],
         "not_an_input_examples": unknown[:examples],
     }
     if missing:
         kinds = Counter((d.get("format"), d.get("mode"), d.get("sof"), d.get("progressive"))
-                        for d in (describe(u) for u in missing[:500]))
+                        for d in described[:500])
         report["missing_kinds"] = [{"format": k[0], "mode": k[1], "sof": k[2],
                                     "progressive": k[3], "count": n}
                                    for k, n in kinds.most_common()]

@@ -34,13 +34,17 @@ import numpy as np
 from transforms.runtime.benchmark import BACKENDS, bench_onnx, bench_tensorrt, device_name
 
 
+def affinity() -> List[int]:
+    """The cores this process may run on (taskset, a cgroup), not the machine's: a run
+    pinned to 16 of 32 cores must say 16."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))       # not Linux
+
+
 def usable_cores() -> int:
-    """Cores this process may run on (its affinity under taskset or a cgroup), not the
-    machine's count: a run pinned to 16 of 32 cores must say 16."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:          # not Linux
-        return os.cpu_count() or 1
+    return len(affinity())
+
 
 def cmd_run(a: argparse.Namespace) -> int:
     batches = [int(b) for b in a.batch_sizes.split(",")]
@@ -182,7 +186,7 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
         sampler = stack.enter_context(GpuSampler())
         per_gpu = {d: stack.enter_context(GpuSampler(d)) for d in devices}
         done = subprocess.run([sys.executable] + args, capture_output=True, text=True,
-                              env=None if env is None else {**os.environ, **env},
+                              env={**os.environ, **env},
                               preexec_fn=None if cpus is None
                               else (lambda: os.sched_setaffinity(0, cpus)))
     wall = time.perf_counter() - start
@@ -374,9 +378,10 @@ def pipeline_table(records: Sequence[Dict[str, Any]]) -> str:
                          f"CPU {_fmt(detail.get('cpu_percent'), digits=0)}%)")
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for key in sorted({k for r in records for k in ratios(r)}):
-        lines.append(f"| {key} | " + " | ".join(_fmt(ratios(r).get(key), digits=2)
-                                                for r in records) + " |")
+    bars = [ratios(r) for r in records]
+    for key in sorted({k for b in bars for k in b}):
+        lines.append(f"| {key} | " + " | ".join(_fmt(b.get(key), digits=2) for b in bars)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -596,7 +601,7 @@ def cmd_gpus(a: argparse.Namespace) -> int:
     utilisation and memory."""
     gpus = visible_gpus()
     files = sorted(glob.glob(_corpus_glob(a)))
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = affinity()
     plan = gpu_runs(gpus, a.workers_per_gpu, a.cores_per_gpu, cores)
     record: Dict[str, Any] = {
         "corpus": a.corpus_name, "images": len(files), "batch_size": a.batch, "plan": a.engine,

@@ -38,8 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transforms.decode import decode_image  # noqa: E402
-from transforms.preprocess import (_RESAMPLE, center_crop_box, jpeg_roundtrip,  # noqa: E402
-                                   resized_size, to_tensor)
+from transforms.preprocess import jpeg_roundtrip, resize_and_crop, to_tensor  # noqa: E402
 from transforms.spec import OPEN_NSFW_SPEC as SPEC  # noqa: E402
 
 
@@ -50,13 +49,7 @@ def pillow_crop(data: bytes) -> np.ndarray:
 
 
 def pillow_resize_crop(rgb: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    img = Image.fromarray(rgb, mode="RGB")
-    size = resized_size(rgb.shape[:2], SPEC)
-    if size != rgb.shape[:2]:
-        img = img.resize((size[1], size[0]), resample=_RESAMPLE[SPEC.interpolation])
-    return np.asarray(img.crop(center_crop_box(size, (SPEC.height, SPEC.width))))
+    return np.asarray(resize_and_crop(rgb, SPEC).convert("RGB"))
 
 
 def pillow_roundtrip(crop: np.ndarray) -> np.ndarray:

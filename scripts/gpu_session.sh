@@ -22,6 +22,12 @@ trt_env() { export PATH=/opt/gpu-trt/venv/bin:$PATH VIRTUAL_ENV=/opt/gpu-trt/ven
 GPU_TAG=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 \
   | grep -oiE 'h100|h200|a100|l4|t4|b200' | tr 'A-Z' 'a-z')
 GPU_TAG=${GPU_TAG:-gpu}
+nsfw_onnx() { python -c "from transforms.runtime.storage import bundled_model_path as b; print(b('bundled://open_nsfw'))"; }
+# open_nsfw fp16 with profile 1/32/64, the plan every benchmark step uses (build log to $1)
+build_b64() {
+  [ -f $ENG/nsfw-b64.fp16.plan ] || python $BUILD --onnx "$(nsfw_onnx)" --output $ENG/nsfw-b64.fp16.plan \
+    --fp16 --opt_batch 32 --max_batch 64 2>&1 | tail -2 | tee "$1"
+}
 # PIN="taskset -c 0-15" and CUDA_VISIBLE_DEVICES=0 give the single-GPU rows one GPU and 16
 # cores on a larger machine; empty by default
 PIN=${PIN:-}
@@ -75,9 +81,8 @@ for step in "$@"; do
     build-nsfw)   # open_nsfw fp16: dynamic 1/32/64 for us, fixed 32 for Beam's stock handler
                   # (FOLDED=1: also the --fold_spec open_nsfw plan)
       trt_env
-      NSFW=$(python -c "from transforms.runtime.storage import bundled_model_path as b; print(b('bundled://open_nsfw'))")
-      [ -f $ENG/nsfw-b64.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64.fp16.plan \
-        --fp16 --opt_batch 32 --max_batch 64 2>&1 | tail -2 | tee "$OUT/build-nsfw.log"
+      NSFW=$(nsfw_onnx)
+      build_b64 "$OUT/build-nsfw.log"
       [ -f $ENG/nsfw-fixed32.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-fixed32.fp16.plan \
         --fp16 --min_batch 32 --opt_batch 32 --max_batch 32 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log"
       [ -z "${FOLDED:-}" ] || [ -f $ENG/nsfw-b64-folded.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64-folded.fp16.plan \
@@ -107,7 +112,7 @@ for step in "$@"; do
       done ;;
     nsfw-plan)    # the open_nsfw fp16 plan the tests build (profile 1/16/32), without the tests
       trt_env
-      NSFW=$(python -c "from transforms.runtime.storage import bundled_model_path as b; print(b('bundled://open_nsfw'))")
+      NSFW=$(nsfw_onnx)
       [ -f $ENG/open_nsfw.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/open_nsfw.fp16.plan \
         --fp16 --opt_batch 16 2>&1 | tail -2 | tee "$OUT/build-nsfw-plan.log" ;;
     scale)        # steady state: long runs (startup amortised) over SDK-worker counts
@@ -160,9 +165,7 @@ for step in "$@"; do
     audit-uploads)  # a small uploads corpus through the GPU path, then pipeline.audit: is every
                     # image in the predictions or the dead letters, once? (16 SDK processes, then in-process)
       trt_env
-      NSFW=$(python -c "from transforms.runtime.storage import bundled_model_path as b; print(b('bundled://open_nsfw'))")
-      [ -f $ENG/nsfw-b64.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64.fp16.plan \
-        --fp16 --opt_batch 32 --max_batch 64 2>&1 | tail -1
+      build_b64 "$OUT/build-nsfw.log"
       d=$W/corpus-uploads-audit
       [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile uploads \
         --count ${AUDIT_COUNT:-1500} --output $d | tee "$OUT/corpus-uploads-audit.json"

@@ -77,19 +77,22 @@ class ReadBytes(PerImageStageFn):
         return data
 
 
-def scored_uris(readable: fileio.ReadableFile) -> Iterator[str]:
-    """The URIs in one earlier predictions file (JSONL or Parquet)."""
-    path = readable.metadata.path
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
+def uris_in(path: str) -> Iterator[str]:
+    """The URIs in one output file: predictions or dead letters, JSONL or Parquet."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
 
-        with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as f:
             yield from pq.read_table(f, columns=["uri"]).column("uri").to_pylist()
-        return
-    with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return
         for line in f.read().decode("utf-8").splitlines():
             if line.strip():
                 yield json.loads(line)["uri"]
+
+
+def scored_uris(readable: fileio.ReadableFile) -> Iterator[str]:
+    """The URIs in one earlier predictions file (JSONL or Parquet)."""
+    yield from uris_in(readable.metadata.path)
 
 
 class ScoredUris(beam.PTransform):

@@ -76,17 +76,24 @@ def to_tensor(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def preprocess(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """HWC uint8 RGB of any size -> one input tensor (no batch axis) for ``spec``."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise PreprocessError(
-            f"expected an HxWx3 uint8 array, got shape {rgb.shape} dtype {rgb.dtype}")
+def resize_and_crop(rgb: np.ndarray, spec: ModelSpec) -> Image.Image:
+    """The spec's resize policy and crop on an HWC uint8 RGB array (what the GPU path's
+    ``--dali_resize pillow`` reproduces and scripts/dali_vs_pillow.py compares against)."""
     img = Image.fromarray(rgb, mode="RGB")
     size = resized_size(rgb.shape[:2], spec)
     if size != rgb.shape[:2]:
         img = img.resize((size[1], size[0]), resample=_RESAMPLE[spec.interpolation])
     if spec.crop == "center":
         img = img.crop(center_crop_box(size, (spec.height, spec.width)))
+    return img
+
+
+def preprocess(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """HWC uint8 RGB of any size -> one input tensor (no batch axis) for ``spec``."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise PreprocessError(
+            f"expected an HxWx3 uint8 array, got shape {rgb.shape} dtype {rgb.dtype}")
+    img = resize_and_crop(rgb, spec)
     if spec.jpeg_roundtrip_quality is not None:
         img = jpeg_roundtrip(img, spec.jpeg_roundtrip_quality)
     return to_tensor(np.asarray(img.convert("RGB")), spec)

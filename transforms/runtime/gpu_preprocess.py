@@ -182,6 +182,8 @@ def pillow_resize_and_crop(img: Any, spec: ModelSpec, interp: Any) -> Any:
     from nvidia.dali import fn, types
     from nvidia.dali import math as dmath
 
+    from transforms.preprocess import center_crop_box
+
     def const(x: float) -> Any:
         return types.Constant(float(x), dtype=types.FLOAT)
 
@@ -192,9 +194,9 @@ def pillow_resize_and_crop(img: Any, spec: ModelSpec, interp: Any) -> Any:
         img = fn.resize(img, size=fn.stack(h, const(rw)), interp_type=interp, antialias=True)
         img = fn.resize(img, size=[float(rh), float(rw)], interp_type=interp, antialias=True)
         if spec.crop == "center":
-            return fn.slice(img, start=[(rh - spec.height) // 2, (rw - spec.width) // 2],
-                            shape=[spec.height, spec.width], axis_names="HW",
-                            out_of_bounds_policy="error")
+            left, top, _, _ = center_crop_box((rh, rw), (spec.height, spec.width))
+            return fn.slice(img, start=[top, left], shape=[spec.height, spec.width],
+                            axis_names="HW", out_of_bounds_policy="error")
         return img
     if spec.resize_policy == "shorter_side":
         scale = dmath.max(rh / h, rw / w)          # cover the box, keep the aspect ratio

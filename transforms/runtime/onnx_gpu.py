@@ -23,15 +23,12 @@ import numpy as np
 from transforms.runtime.batching import ENCODED_DTYPE
 from transforms.runtime.errors import ModelLoadError, SystemicError
 from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor, fill_bisecting
-from transforms.runtime.onnx import DEFAULT_MAX_BATCH, OnnxLoader, OnnxRunner
+from transforms.runtime.onnx import _ORT_DTYPES, DEFAULT_MAX_BATCH, OnnxLoader, OnnxRunner
 from transforms.runtime.runner import Feeds, Runner, RunnerInfo, TensorInfo
 from transforms.runtime.tensorrt.gpu_runner import ENCODED, GPU_OK
 from transforms.spec import ModelSpec
 
 CUDA_EP = "CUDAExecutionProvider"
-_ORT_OUTPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                      "tensor(double)": np.float64, "tensor(int64)": np.int64,
-                      "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
 
 
 def with_device(loader: OnnxLoader, device: int) -> OnnxLoader:
@@ -125,12 +122,12 @@ class OnnxDaliRunner(Runner):
         per run)."""
         out: Dict[str, Tuple[np.dtype, Optional[tuple]]] = {}
         for o in session.get_outputs():
-            if o.type not in _ORT_OUTPUT_DTYPES:
+            if o.type not in _ORT_DTYPES:
                 raise ModelLoadError(f"{uri}: output '{o.name}' has type {o.type}; expected "
-                                     f"one of {sorted(_ORT_OUTPUT_DTYPES)}")
+                                     f"one of {sorted(_ORT_DTYPES)}")
             rest = tuple(o.shape[1:])
             fixed = all(isinstance(d, int) and d > 0 for d in rest)
-            out[o.name] = (np.dtype(_ORT_OUTPUT_DTYPES[o.type]), rest if fixed else None)
+            out[o.name] = (np.dtype(_ORT_DTYPES[o.type]), rest if fixed else None)
         return out
 
     def info(self) -> RunnerInfo:
