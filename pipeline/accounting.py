@@ -8,12 +8,24 @@ launcher compares the URIs admitted (after the anti-join) with ok + failed, from
 run's own counters, and fails with exit status 4 when they differ, naming the command
 that lists the missing images (``python -m pipeline.audit``). A rerun to the same
 --output scores exactly the missing ones.
+
+The counters see an image before Beam's file sink writes it (``images_ok`` is counted
+just before WritePredictions), so a record lost in the sink's finalize step would
+still balance. The launcher therefore also counts the records the run's finished files
+hold (``count_written``) and checks them against ok and failed, and lists any temporary
+files a sink left unfinalized (``beam-temp-*``): that names the stage where images went
+missing, counters or files.
 """
 
 from __future__ import annotations
 
 import shlex
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.io import ERRORS, PREDICTIONS, file_prefix, records_in
 
 EXIT_UNACCOUNTED = 4
 
@@ -51,3 +63,43 @@ def check_accounting(admitted: int, ok: int, failed: int, inputs: Sequence[str],
         f"ok + failed = {done} but run {run_id} admitted {admitted} images: "
         f"{done - admitted} outcomes more than images (an image scored or dead-lettered "
         f"twice). Check with: {audit}")
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a finished run's files hold: records per output, and sink temp files left."""
+
+    predictions: int
+    dead_letters: int
+    unfinalized: Tuple[str, ...] = ()
+
+
+def _files(pattern: str) -> Tuple[str, ...]:
+    return tuple(sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list))
+
+
+def count_written(output: str, run_id: str) -> Written:
+    """Records in ``<output>/predictions-<run_id>-*`` and ``errors-<run_id>-*``, and the
+    files under Beam's ``beam-temp-*-<run_id>*`` folders (a finished sink removes its
+    folder, so any file there was written and never finalized)."""
+    preds = _files(file_prefix(output, PREDICTIONS, run_id) + "-*")
+    errors = _files(file_prefix(output, ERRORS, run_id) + "-*")
+    left = _files(FileSystems.join(output, f"beam-temp-*-{run_id}*") + "/*")
+    return Written(sum(records_in(f) for f in preds), sum(records_in(f) for f in errors),
+                   left)
+
+
+def check_written(ok: int, failed: int, written: Written, inputs: Sequence[str],
+                  input_list: Optional[str], output: str, run_id: str) -> None:
+    """Raise ImagesUnaccounted unless the files hold exactly ok predictions and failed
+    dead letters: the counters balanced, so a difference here happened in the sinks."""
+    if written.predictions == ok and written.dead_letters == failed:
+        return
+    left = (f" {len(written.unfinalized)} sink temporary file(s) were never finalized, "
+            f"e.g. {list(written.unfinalized[:3])}." if written.unfinalized else "")
+    raise ImagesUnaccounted(
+        f"run {run_id}'s files hold {written.predictions} predictions and "
+        f"{written.dead_letters} dead letters; expected {ok} and {failed}, as its counters "
+        f"(images_ok, images_failed) say. Records were lost or duplicated after they were "
+        f"counted, in the file sinks.{left} List the images with: "
+        f"{audit_command(inputs, input_list, output, run_id)}")

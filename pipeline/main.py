@@ -18,7 +18,8 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.accounting import EXIT_UNACCOUNTED, ImagesUnaccounted, check_accounting
+from pipeline.accounting import (EXIT_UNACCOUNTED, ImagesUnaccounted, check_accounting,
+                                 check_written, count_written)
 from pipeline.budget import FailureBudgetExceeded, check_failure_budget
 from pipeline.build import build_pipeline
 from pipeline.config import RunConfig
@@ -28,6 +29,7 @@ from pipeline.preflight import preflight
 from transforms.io import BUNDLES, ERRORS, file_prefix, read_jsonl
 from transforms.metrics import percentile
 from transforms.records import METRICS_NAMESPACE
+from transforms.runtime import startup
 from transforms.runtime.errors import InputMismatch, ModelLoadError
 from transforms.spec import ConfigError
 
@@ -114,9 +116,11 @@ def run(argv: Optional[Sequence[str]] = None,
     if "--help" in argv or "-h" in argv:
         print(help_text())
         return None
+    startup.record("launch")
     options, cfg = configure(argv)
     p = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(p, cfg)
+    startup.record("graph_built")
     start = time.perf_counter()
     result = p.run()
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
@@ -125,6 +129,7 @@ def run(argv: Optional[Sequence[str]] = None,
                  "failure budget)", runner)
         return None
     result.wait_until_finish()   # Dataflow: raises if the job failed or was cancelled
+    startup.record("run_done")
     summary = summarize(result, cfg, time.perf_counter() - start)
     print(summary.line(), flush=True)
     try:
@@ -132,6 +137,8 @@ def run(argv: Optional[Sequence[str]] = None,
                          cfg.input_list, cfg.output, cfg.run_id)
     except ImagesUnaccounted as exc:
         raise ImagesUnaccounted(f"{exc} Counters by stage: {stage_counters(result)}") from None
+    check_written(summary.ok, summary.failed, count_written(cfg.output, cfg.run_id),
+                  cfg.inputs, cfg.input_list, cfg.output, cfg.run_id)
     check_failure_budget(summary.ok, summary.failed, cfg.max_failed_fraction, cfg.max_failed,
                          file_prefix(cfg.output, ERRORS, cfg.run_id) + "-*.jsonl")
     return summary

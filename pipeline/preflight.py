@@ -58,6 +58,22 @@ def check_output_writable(output: str) -> None:
                           f"({type(exc).__name__}: {exc})") from exc
 
 
+def check_run_id_unused(output: str, run_id: str) -> None:
+    """A run writes only files of its own: Beam's sinks delete same-named shards of an
+    earlier run before finalizing, and the launcher counts every record under the run's
+    prefix, so reusing a --run_id would overwrite or miscount an earlier run's output."""
+    from transforms.io import BUNDLES, ERRORS, PREDICTIONS, file_prefix
+
+    for name in (PREDICTIONS, ERRORS, BUNDLES):
+        pattern = file_prefix(output, name, run_id) + "-*"
+        found = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        if found:
+            raise ConfigError(
+                f"--run_id: expected a run id with no files under {output}, but "
+                f"{len(found)} file(s) match {pattern} (e.g. {found[0]}). Omit --run_id for "
+                f"a fresh one; images already scored there are skipped either way.")
+
+
 def parse_accelerator(service_options: Optional[list]) -> Optional[Dict[str, str]]:
     """worker_accelerator=type:T;count:N;install-nvidia-driver -> {type, count, driver}."""
     for opt in service_options or []:
@@ -163,6 +179,7 @@ def preflight(options: PipelineOptions, cfg: RunConfig) -> None:
     elif cfg.engine and not FileSystems.exists(cfg.engine):
         raise ConfigError(f"--engine: {cfg.engine} does not exist")
     check_output_writable(cfg.output)
+    check_run_id_unused(cfg.output, cfg.run_id)
     runner = str(options.view_as(StandardOptions).runner or "")
     if runner.split(".")[-1] == "DataflowRunner":
         check_dataflow(options, cfg)

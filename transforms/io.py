@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.spec import DecodeLimits
 from transforms.decode import ImageTooLarge, check_size
 from transforms.records import DEAD_LETTER, METRICS_NAMESPACE, Item, PerImageStageFn
+from transforms.runtime import startup
 
 PREDICTIONS = "predictions"
 ERRORS = "errors"
@@ -59,6 +60,7 @@ class ReadBytes(PerImageStageFn):
         self._limits = limits
 
     def apply(self, item: Item) -> bytes:
+        startup.record("first_read")
         try:
             with FileSystems.open(item.uri,
                                   compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -88,6 +90,17 @@ def uris_in(path: str) -> Iterator[str]:
         for line in f.read().decode("utf-8").splitlines():
             if line.strip():
                 yield json.loads(line)["uri"]
+
+
+def records_in(path: str) -> int:
+    """How many records one output file holds (JSONL lines or Parquet rows), without
+    parsing them: the launcher counts what a run wrote against what its counters say."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(f).metadata.num_rows
+        return sum(1 for line in f.read().splitlines() if line.strip())
 
 
 def scored_uris(readable: fileio.ReadableFile) -> Iterator[str]:
@@ -128,6 +141,7 @@ class _NewOnce(beam.DoFn):
             self._skipped.inc()
             return
         self._admitted.inc()
+        startup.record("first_admitted")
         yield uri
 
 
