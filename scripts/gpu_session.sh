@@ -169,14 +169,27 @@ for step in "$@"; do
       d=$W/corpus-uploads-audit
       [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile uploads \
         --count ${AUDIT_COUNT:-1500} --output $d | tee "$OUT/corpus-uploads-audit.json"
-      for mode in ${AUDIT_MODES:-mp16 inprocess}; do
-        extra=""; [ $mode = mp16 ] && extra="--direct_num_workers=16 --direct_running_mode=multi_processing"
+      for mode in ${AUDIT_MODES:-mp16 inprocess}; do   # mp16, mp16b, ...: 16 SDK processes
+        extra=""; case $mode in mp16*) extra="--direct_num_workers=16 --direct_running_mode=multi_processing";; esac
         rm -rf $W/audit-$mode
         timeout ${AUDIT_TIMEOUT:-150} python -m pipeline.main --input "$d/uploads-*" --output $W/audit-$mode \
           --backend tensorrt --engine $ENG/nsfw-b64.fp16.plan --preprocess gpu --min_batch_size 32 \
           --max_batch_size 32 $extra 2>&1 | grep -vE "FutureWarning|warnings.warn|apitools" | tail -200 > $OUT/audit-$mode.log
-        grep summary $OUT/audit-$mode.log
+        grep -E "summary|^error" $OUT/audit-$mode.log | cut -c1-1500
         python -m pipeline.audit --input "$d/uploads-*" --output $W/audit-$mode --json $OUT/audit-$mode.json
+        # where did the missing ones go: every file under the output (sink temp folders too)
+        ( cd $W/audit-$mode && find . -type f | sort | xargs wc -l ) > $OUT/audit-$mode-files.txt 2>&1
+        python - "$OUT/audit-$mode.json" $W/audit-$mode <<'PY' | tee -a $OUT/audit-$mode-files.txt
+import json, pathlib, sys
+missing = [m["uri"] for m in json.load(open(sys.argv[1]))["missing_examples"]]
+for path in sorted(pathlib.Path(sys.argv[2]).rglob("*")):
+    if path.is_file():
+        text = path.read_text(errors="replace")
+        for uri in missing:
+            if uri in text:
+                print("found", uri, "in", path)
+print("missing:", missing)
+PY
       done ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

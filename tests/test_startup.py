@@ -57,3 +57,9 @@ def test_a_timed_run_reports_its_processes_start_up(tmp_path):
     s = r["startup"]
     assert s["processes"] == 1 and s["model_load_s"]["max"] > 0
     assert s["imported_since_launch_s"]["max"] <= s["first_bundle_since_launch_s"]["max"]
+    # the whole way from launch to the first prediction, in order
+    order = [s[f"{m}_since_launch_s"]["max"] for m in startup.MILESTONES]
+    assert order == sorted(order), order
+    launcher = s["launcher_since_launch_s"]
+    assert 0 <= launcher["launch"] <= launcher["graph_built"] <= launcher["run_done"]
+    assert s["first_prediction_since_launch_s"]["max"] <= launcher["run_done"]

@@ -59,6 +59,7 @@ class BundleMetrics(beam.DoFn):
         self._reset()
 
     def process(self, p: Prediction) -> Iterator[Dict[str, Any]]:
+        startup.record("first_prediction")
         self._images += 1
         self._ok.inc()
         if p.batch_id not in self._batches:

@@ -20,7 +20,14 @@ import time
 from typing import Any, Dict, List, Optional
 
 ENV = "BEAM_TRT_STARTUP_DIR"
-MILESTONES = ("imported", "load_start", "load_done", "first_bundle")
+# SDK processes, in the order a process meets them: imports; the model load (RunInference's
+# setup, when the main stage's first bundle reaches the process, so after the match and
+# the anti-join's shuffle); that bundle's start; its first URI; the first file read; the
+# first prediction out
+MILESTONES = ("imported", "load_start", "load_done", "first_bundle", "first_admitted",
+              "first_read", "first_prediction")
+# the launcher: started, graph built (options, preflight), runner returned
+LAUNCHER_MILESTONES = ("launch", "graph_built", "run_done")
 
 
 def process_start_unix() -> Optional[float]:
@@ -60,7 +67,8 @@ def record(milestone: str, once: bool = True, **fields: Any) -> None:
 def summarize(folder: str, launched_unix: Optional[float] = None) -> Dict[str, Any]:
     """Per milestone, the median and max over processes of seconds since each process
     started, and (with ``launched_unix``) since the run was launched; plus model load
-    times. Processes that never loaded a model (the launcher) are left out."""
+    times. Processes that never loaded a model are left out of the per-milestone
+    figures; the launcher's own milestones are reported apart."""
     per_pid: Dict[int, Dict[str, Dict[str, Any]]] = {}
     if os.path.isdir(folder):
         for name in os.listdir(folder):
@@ -70,6 +78,7 @@ def summarize(folder: str, launched_unix: Optional[float] = None) -> Dict[str, A
                     # the first of each: a GPU run loads a second model later
                     per_pid.setdefault(rec["pid"], {}).setdefault(rec["milestone"], rec)
     workers = {pid: m for pid, m in per_pid.items() if "load_done" in m}
+    launchers = [m for m in per_pid.values() if "launch" in m]
 
     def stats(values: List[float]) -> Dict[str, float]:
         values = sorted(values)
@@ -86,6 +95,10 @@ def summarize(folder: str, launched_unix: Optional[float] = None) -> Dict[str, A
                             if milestone in m]
             if since_launch:
                 out[f"{milestone}_since_launch_s"] = stats(since_launch)
+    if launchers and launched_unix is not None:
+        out["launcher_since_launch_s"] = {
+            k: round(launchers[0][k]["t"] - launched_unix, 2)
+            for k in LAUNCHER_MILESTONES if k in launchers[0]}
     loads = [m["load_done"].get("load_s") for m in workers.values()
              if m["load_done"].get("load_s") is not None]
     if loads:
