@@ -27,4 +27,5 @@ class KeyedBatchHandler(KeyedModelHandler):
                       ) -> Iterable[Tuple[ItemKey, PredictionResult]]:
         keys = [k for k, _ in batch]
         results, facts = self._unkeyed.run_batch([e for _, e in batch], model, inference_args)
-        return [(k.with_batch(facts), r) for k, r in zip(keys, results)]
+        # strict: a result short of its keys must fail the batch, never drop an image
+        return [(k.with_batch(facts), r) for k, r in zip(keys, results, strict=True)]

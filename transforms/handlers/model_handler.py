@@ -123,7 +123,7 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
         results = [PredictionResult(
             ex, row if isinstance(row, ItemFailure) else
             row[names[0]] if len(names) == 1 else row, info.model_uri)
-            for ex, row in zip(batch, rows)]
+            for ex, row in zip(batch, rows, strict=True)]
         return results, BatchFacts(batch_id, len(batch), ms, info.sha256, info.device)
 
     def _rows_split_on_failure(self, batch: List[Any], model: Runner, info: RunnerInfo
