@@ -27,6 +27,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference import tensorrt_inference
 from apache_beam.ml.inference.base import RunInference
 
+from pipeline import runner_fix
 from transforms.decode import DecodeImage
 from transforms.io import ReadImages
 from transforms.preprocess import Preprocess
@@ -84,6 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a, beam_args = p.parse_known_args(argv)
     handler = StockHandlerOnTrt86(min_batch_size=1, max_batch_size=1, engine_path=a.engine)
     limits, spec = DecodeLimits(), OPEN_NSFW_SPEC
+    runner_fix.apply()       # the same runner as ours, without its element loss
     start = time.perf_counter()
     with beam.Pipeline(argv=beam_args) as pipe:
         read = pipe | ReadImages((a.input,), None, limits, ())
