@@ -211,6 +211,28 @@ PY
         | grep -E "summary|^error" | tee "$OUT/ort-gpu.log"
       "$SYS_PY" -m pipeline.compare $W/trt-gpu $W/ort-gpu --label nsfw --max_diff 0.02 \
         --json "$OUT/ort-gpu-vs-trt-gpu.json" 2>&1 | tee -a "$OUT/ort-gpu.log" ;;
+    loss-check)   # the runner fix at scale: an uploads corpus (LOSS_COUNT photos) through the
+                  # GPU path on 16 SDK processes, then pipeline.audit (before the fix: 206 of
+                  # 10,000 lost, docs/reliability.md)
+      trt_env; build_b64 "$OUT/build-nsfw.log"
+      d=$W/corpus-uploads-loss
+      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile uploads \
+        --count ${LOSS_COUNT:-6000} --output $d > "$OUT/corpus-uploads-loss.json"
+      rm -rf $W/loss-out
+      python -m pipeline.main --input "$d/uploads-*" --output $W/loss-out --backend tensorrt \
+        --engine $ENG/nsfw-b64.fp16.plan --preprocess gpu --min_batch_size 32 --max_batch_size 32 \
+        --direct_num_workers=16 --direct_running_mode=multi_processing 2>&1 \
+        | grep -E "^summary|^error" | cut -c1-1500 | tee "$OUT/loss-check.log"
+      python -m pipeline.audit --input "$d/uploads-*" --output $W/loss-out \
+        --json "$OUT/loss-check-audit.json" 2>&1 | grep audit: | tee -a "$OUT/loss-check.log" ;;
+    dali-agree)   # the product's DALI graph on the GPU, dali and pillow resize, against the
+                  # CPU path, scored by open_nsfw on ONNX Runtime (CPU): 500 imagenet photos
+      trt_env
+      d=$W/corpus-imagenet-500
+      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
+        --output $d > /dev/null
+      python scripts/dali_vs_pillow.py "$d/imagenet-*.jpg" samples/*.jpg --gpu \
+        --json "$OUT/dali-vs-pillow-gpu.json" 2>&1 | grep -E "^\||mean pixel" | tee "$OUT/dali-agree.log" ;;
     tar-out)      # the device tool brings back few files per run: fold $OUT into one archive
       ( cd "$OUT" && tar czf /tmp/out-$$.tgz --exclude='*.tgz' . && find . -type f ! -name '*.tgz' -delete \
         && mv /tmp/out-$$.tgz "$OUT/out-$(date -u +%H%M%S).tgz" ) ;;

@@ -44,7 +44,11 @@ def test_pipeline_on_cuda_ep_matches_cpu(cuda_ep, tmp_path):
     from pipeline.main import run
     from transforms.io import read_jsonl
 
-    common = ["--input", str(SAMPLES / "*.jpg"), "--input", str(SAMPLES / "*.png")]
+    # --preprocess cpu on both: this compares the execution providers on one input path
+    # (with DALI installed, auto would take the GPU path for the CUDA EP; measured on the
+    # H200 that moved astronaut.jpg by 0.0039, which is the path, not the EP)
+    common = ["--input", str(SAMPLES / "*.jpg"), "--input", str(SAMPLES / "*.png"),
+              "--preprocess", "cpu"]
     s_gpu = run(common + ["--output", str(tmp_path / "gpu"), "--onnx_providers",
                           "CUDAExecutionProvider,CPUExecutionProvider"])
     s_cpu = run(common + ["--output", str(tmp_path / "cpu")])
@@ -170,18 +174,26 @@ def test_onnx_dali_runner_binds_device_memory_and_frees_it(dali_on_cuda_ep, tmp_
                                        example_shape=spec.input_shape(1)[1:]),
                             spec, DaliOptions(), max_batch=32, device=0)
     files = [np.frombuffer(p.read_bytes(), np.uint8) for p in sorted(SAMPLES.glob("*.jpg"))]
+    def batch(n):
+        b = np.empty(n, dtype=object)
+        for i in range(n):
+            b[i] = files[i % len(files)]
+        return b
+
     runner = loader()
     try:
-        before = cuda.memory_used(0)
         for n in (1, 7, 32):
-            batch = np.empty(n, dtype=object)
-            for i in range(n):
-                batch[i] = files[i % len(files)]
-            out = runner.infer({ENCODED: batch})
+            out = runner.infer({ENCODED: batch(n)})
             assert out[GPU_OK].all() and len(out[GPU_OK]) == n
             probs = out[runner.info().outputs[0]]
             assert probs.shape[0] == n and np.isfinite(probs).all()
             assert probs.flags.owndata or probs.base is None
-        assert cuda.memory_used(0) <= before + (64 << 20)   # nothing grows per batch
+        # ONNX Runtime's arena grows on the first batch of each size (measured on the H200:
+        # +720 MB over the sizes 1, 7 and 32); after that, repeating them must not grow
+        warm = cuda.memory_used(0)
+        for _ in range(5):
+            for n in (1, 7, 32):
+                runner.infer({ENCODED: batch(n)})
+        assert cuda.memory_used(0) <= warm + (64 << 20)
     finally:
         runner.close()

@@ -114,7 +114,7 @@ class DaliPreprocessor:
             img = fn.decoders.image(encoded, output_type=types.RGB,
                                     jpeg_fancy_upsampling=True, **decoder)
             if options.pillow_resize:
-                img = pillow_resize_and_crop(img, spec, interp)
+                img = pillow_resize_and_crop(img, spec, interp, encoded)
             else:
                 if spec.resize_policy == "exact":
                     img = fn.resize(img, resize_x=rw, resize_y=rh, interp_type=interp,
@@ -171,11 +171,15 @@ class DaliPreprocessor:
             return np.array(out.as_array(), copy=True)
 
 
-def pillow_resize_and_crop(img: Any, spec: ModelSpec, interp: Any) -> Any:
+def pillow_resize_and_crop(img: Any, spec: ModelSpec, interp: Any, encoded: Any) -> Any:
     """The spec's resize and centre crop as the CPU path computes them (transforms/
     preprocess.py), on DALI: the output size from ``resized_size``'s rule, then a
     horizontal pass to a uint8 image and a vertical pass (Pillow's order and its
     intermediate rounding), then the crop at Pillow's floor((size - crop) / 2) offsets.
+    The sizes come from the encoded file's header on the CPU (peek_image_shape, EXIF
+    orientation applied as the decoder applies it): asking the decoded GPU image for its
+    shape would need a GPU-to-CPU transfer inside the graph, which this pipeline's
+    synchronous executor refuses.
 
     Why: DALI's one-pass resize differs from Pillow's by 0.16 pixel levels on average, and
     open_nsfw's JPEG round-trip amplifies that to score changes of up to 0.086."""
@@ -187,7 +191,7 @@ def pillow_resize_and_crop(img: Any, spec: ModelSpec, interp: Any) -> Any:
     def const(x: float) -> Any:
         return types.Constant(float(x), dtype=types.FLOAT)
 
-    shape = img.shape(dtype=types.FLOAT)           # on the CPU, also for GPU data
+    shape = fn.peek_image_shape(encoded, dtype=types.FLOAT)   # H, W, C from the header
     h, w = shape[0], shape[1]
     rh, rw = spec.resize_size
     if spec.resize_policy == "exact":             # sizes and offsets known here
