@@ -61,9 +61,12 @@ def make_gpu_loader(cfg: RunConfig) -> Loader:
 
 
 def make_handler(cfg: RunConfig) -> NumpyModelHandler:
-    """The unkeyed numpy handler: one class for every backend."""
+    """The unkeyed numpy handler: one class for every backend. With --preprocess gpu it
+    serves the Pillow side, a stage that gets no input on an all-JPEG corpus, so its model
+    loads on the first batch instead of in every SDK process at setup."""
     return NumpyModelHandler(make_loader(cfg), min_batch_size=cfg.min_batch_size,
-                             max_batch_size=cfg.max_batch_size, model_copies=cfg.model_copies)
+                             max_batch_size=cfg.max_batch_size, model_copies=cfg.model_copies,
+                             lazy=cfg.preprocess == "gpu")
 
 
 def _keyed(item: Item) -> tuple:

@@ -38,6 +38,7 @@ from transforms.runtime.batching import (ENCODED_DTYPE, batch_inputs, run_in_chu
 from transforms.runtime.errors import (ItemFailure, SharedModelError, SystemicError,
                                        is_out_of_memory)
 from transforms.runtime import startup
+from transforms.runtime.lazy import LazyRunner
 from transforms.runtime.runner import Runner, RunnerInfo
 
 LOG = logging.getLogger(__name__)
@@ -73,9 +74,12 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
 
     def __init__(self, loader: Callable[[], Runner], *, min_batch_size: Optional[int] = None,
                  max_batch_size: Optional[int] = None, model_copies: Optional[int] = None,
-                 large_model: bool = False) -> None:
+                 large_model: bool = False, lazy: bool = False) -> None:
+        """``lazy``: load on the first batch, not at DoFn setup (transforms/runtime/lazy.py),
+        for a stage that often gets no input."""
         super().__init__(large_model=large_model, model_copies=model_copies)
         self._loader = loader
+        self._lazy = lazy
         self._splits = Metrics.counter(METRICS_NAMESPACE, "inference_batch_splits")
         self._item_failures = Metrics.counter(METRICS_NAMESPACE, "inference_item_failures")
         self._oom = Metrics.counter(METRICS_NAMESPACE, "inference_oom_ceiling_lowered")
@@ -83,6 +87,8 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
         self._max_batch = max_batch_size
 
     def load_model(self) -> Runner:
+        if self._lazy:
+            return LazyRunner(self._loader)
         start = time.perf_counter()
         startup.record("load_start", once=False)
         runner = self._loader()
