@@ -40,7 +40,10 @@ def test_summary_over_processes_leaves_out_those_without_a_model(tmp_path):
     write(2, [("imported", 5, {}), ("load_start", 6, {}), ("load_done", 10, {"load_s": 4}),
               ("first_bundle", 11, {})])
     write(3, [("imported", 1, {})])                # the launcher: no model
+    # bundles' ends (written by any process; the last one written counts)
+    write(4, [("bundle_done", 20, {}), ("bundle_done", 41, {}), ("bundle_done", 33, {})])
     s = startup.summarize(str(tmp_path), launched_unix=t0)
+    assert s["last_bundle_done_since_launch_s"] == 33     # the last written, not the first
     assert s["processes"] == 2
     assert s["imported_since_launch_s"] == {"median": 5, "max": 5}
     assert s["first_bundle_since_launch_s"] == {"median": 11, "max": 11}
@@ -63,3 +66,6 @@ def test_a_timed_run_reports_its_processes_start_up(tmp_path):
     launcher = s["launcher_since_launch_s"]
     assert 0 <= launcher["launch"] <= launcher["graph_built"] <= launcher["run_done"]
     assert s["first_prediction_since_launch_s"]["max"] <= launcher["run_done"]
+    # the last bundle's end: what comes after it is the tail (finalize, shutdown)
+    assert (s["first_prediction_since_launch_s"]["max"] <= s["last_bundle_done_since_launch_s"]
+            <= launcher["run_done"])

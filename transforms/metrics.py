@@ -76,6 +76,7 @@ class BundleMetrics(beam.DoFn):
     def finish_bundle(self) -> Iterator[Any]:
         if not self._images:
             return
+        startup.record("bundle_done", once=False, images=self._images)
         wall_ms = (time.perf_counter() - self._start) * 1000.0
         batch_ms = [ms for _, ms in self._batches.values()]
         record = {

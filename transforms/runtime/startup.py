@@ -26,6 +26,9 @@ ENV = "BEAM_TRT_STARTUP_DIR"
 # first prediction out
 MILESTONES = ("imported", "load_start", "load_done", "first_bundle", "first_admitted",
               "first_read", "first_prediction")
+# every bundle that scored images, when it finished: the last of them, against the
+# launcher's run_done, is the run's tail (sink finalize stages, SDK shutdown)
+LAST_MILESTONES = ("bundle_done",)
 # the launcher: started, graph built (options, preflight), runner returned
 LAUNCHER_MILESTONES = ("launch", "graph_built", "run_done")
 
@@ -75,8 +78,12 @@ def summarize(folder: str, launched_unix: Optional[float] = None) -> Dict[str, A
             with open(os.path.join(folder, name)) as f:
                 for raw in f:
                     rec = json.loads(raw)
-                    # the first of each: a GPU run loads a second model later
-                    per_pid.setdefault(rec["pid"], {}).setdefault(rec["milestone"], rec)
+                    mine = per_pid.setdefault(rec["pid"], {})
+                    if rec["milestone"] in LAST_MILESTONES:
+                        mine[rec["milestone"]] = rec          # the last of each
+                    else:
+                        # the first of each: a GPU run loads a second model later
+                        mine.setdefault(rec["milestone"], rec)
     workers = {pid: m for pid, m in per_pid.items() if "load_done" in m}
     launchers = [m for m in per_pid.values() if "launch" in m]
 
@@ -95,6 +102,9 @@ def summarize(folder: str, launched_unix: Optional[float] = None) -> Dict[str, A
                             if milestone in m]
             if since_launch:
                 out[f"{milestone}_since_launch_s"] = stats(since_launch)
+    done = [m["bundle_done"]["t"] for m in per_pid.values() if "bundle_done" in m]
+    if done and launched_unix is not None:
+        out["last_bundle_done_since_launch_s"] = round(max(done) - launched_unix, 2)
     if launchers and launched_unix is not None:
         out["launcher_since_launch_s"] = {
             k: round(launchers[0][k]["t"] - launched_unix, 2)
