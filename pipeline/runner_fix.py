@@ -25,11 +25,19 @@ from __future__ import annotations
 from typing import Any
 
 
+def _has_flush_lock(cls: type) -> bool:
+    """The stream sets ``self._flush_lock`` in __init__ (the lock its flush holds)."""
+    code = getattr(cls.__init__, "__code__", None)
+    return code is not None and "_flush_lock" in code.co_names
+
+
 def apply() -> bool:
     """Guard writes of Beam's time-flushed data stream; True if the fix was needed."""
     from apache_beam.runners.worker import data_plane
 
-    cls = data_plane.TimeBasedBufferingClosableOutputStream
+    cls = getattr(data_plane, "TimeBasedBufferingClosableOutputStream", None)
+    if cls is None or not _has_flush_lock(cls):
+        return False                  # a Beam without this stream, or without its lock
     if "write" in vars(cls):          # already guarded: by an earlier call, or by Beam
         return False
 

@@ -66,3 +66,8 @@ def test_the_launcher_applies_it_before_a_local_run(tmp_path, unguarded):
 
     run(["--input", str(SAMPLES / "*.jpg"), "--output", str(tmp_path / "out")])
     assert "write" in vars(unguarded) and "runner_fix" in unguarded.write.__doc__
+
+
+def test_a_beam_without_that_stream_is_left_alone(monkeypatch):
+    monkeypatch.delattr(data_plane, "TimeBasedBufferingClosableOutputStream")
+    assert runner_fix.apply() is False
