@@ -303,6 +303,13 @@ def test_only_remote_runs_without_the_flag_return_at_submission():
     assert waits("DataflowRunner", True)
 
 
+def test_written_records_are_counted_after_local_runs_only():
+    from pipeline.main import is_local
+
+    assert is_local("DirectRunner") and is_local("apache_beam.runners.FnApiRunner")
+    assert not is_local("DataflowRunner")
+
+
 def test_a_run_where_every_file_is_undecodable_fails_unless_allowed(tmp_path):
     from pipeline.budget import FailureBudgetExceeded
 
