@@ -158,6 +158,15 @@ def _output_of(args: Sequence[str]) -> Optional[str]:
     return args[args.index("--output") + 1] if "--output" in args else None
 
 
+def start_and_tail(summary: Dict[str, Any], wall_s: float) -> Dict[str, Optional[float]]:
+    """The run's two fixed costs from its start-up summary: seconds from launch to the last
+    process's first prediction, and from the last bundle's end to the process's exit."""
+    first = summary.get("first_prediction_since_launch_s", {}).get("max")
+    last = summary.get("last_bundle_done_since_launch_s")
+    return {"first_prediction_s": first,
+            "tail_s": round(wall_s - last, 2) if last is not None else None}
+
+
 def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
                  devices: Sequence[int] = (), cpus: Optional[Sequence[int]] = None
                  ) -> Dict[str, Any]:
@@ -201,6 +210,7 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
     if cpus is not None:
         record["cpus"] = len(cpus)
     record["startup"] = startup.summarize(milestones, launched)
+    record.update(start_and_tail(record["startup"], wall))
     if out:
         record["stages"] = _stages_or_error(out)
     if out and "pipeline.main" in args:
@@ -376,6 +386,9 @@ def pipeline_table(records: Sequence[Dict[str, Any]]) -> str:
             if detail and "steady" not in key and r.get(key) is not None:
                 cell += (f" (GPU {_fmt(detail.get('gpu_util_mean'), digits=0)}%, "
                          f"CPU {_fmt(detail.get('cpu_percent'), digits=0)}%)")
+            if detail and "steady" in key and detail.get("first_prediction_s") is not None:
+                cell += (f" (first prediction at {_fmt(detail['first_prediction_s'], digits=1)}"
+                         f" s, tail {_fmt(detail.get('tail_s'), digits=1)} s)")
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     bars = [ratios(r) for r in records]

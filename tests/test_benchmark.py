@@ -108,6 +108,9 @@ def test_timed_child_reports_the_run_and_its_first_output(tmp_path):
     assert r["first_output_s"] is not None and "steady_images_per_s" in r
     assert r["stages"]["run"]["images"] == 6          # the run's own per-stage table
     assert r["audit"]["whole"] and r["audit"]["predictions"] == 6
+    # the two fixed costs: launch to first prediction, last bundle's end to exit
+    assert 0 < r["first_prediction_s"] < r["process_wall_s"]
+    assert 0 <= r["tail_s"] < r["process_wall_s"] - r["first_prediction_s"] + 1
 
 
 def test_timed_child_pins_the_run_to_the_cores_it_is_given(tmp_path):
@@ -147,7 +150,8 @@ def test_pipeline_ratios_table_and_report(tmp_path, capsys):
            "e2e_gpu_steady_images_per_s": 7000.0, "e2e_cpu_images_per_s": 1000.0,
            "e2e_cpu_steady_images_per_s": 1500.0, "stock_beam_images_per_s": 500.0,
            "cpu_pool_ceiling_images_per_s": 1600.0,
-           "runs": {"e2e_gpu": {"gpu_util_mean": 30.0, "cpu_percent": 900.0}}}
+           "runs": {"e2e_gpu": {"gpu_util_mean": 30.0, "cpu_percent": 900.0,
+                                "first_prediction_s": 29.06, "tail_s": 14.7}}}
     r = ratios(rec)
     assert r["e2e_gpu_steady_vs_engine"] == 0.7
     assert r["e2e_gpu_steady_vs_min_engine_dali"] == 0.875
@@ -171,6 +175,8 @@ def test_pipeline_ratios_table_and_report(tmp_path, capsys):
     assert "| Beam's stock TensorRTEngineHandlerNumPy | 500 | failed (exit 1) |" \
         in text
     assert "| e2e_gpu_vs_stock_beam | 4.00 | – |" in text
+    assert ("|   the same, steady (no start-up) | 7000 (first prediction at 29.1 s, tail 14.7 s)"
+            in text)
     if has_mpl:
         assert (tmp_path / "t.png").stat().st_size > 1000
 
