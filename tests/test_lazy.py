@@ -121,3 +121,22 @@ def test_make_handler_is_lazy_only_for_the_gpu_paths_pillow_side(tmp_path):
         cfg = RunConfig(output=str(tmp_path), inputs=("x/*",), spec=SPEC, backend="tensorrt",
                         engine="unused.plan", preprocess=pre)
         assert make_handler(cfg)._lazy is lazy
+
+
+def test_a_lazy_runner_served_to_processes_by_model_copies_scores(model):
+    """model_copies: Beam serves the LazyRunner from a MultiProcessShared process; the
+    proxy reaches it through its methods, and the model loads there on the first batch."""
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.testing.util import assert_that, equal_to
+
+    rng = np.random.default_rng(3)
+    batch = [rng.standard_normal((8, 8, 3)).astype(np.float32) for _ in range(6)]
+    direct = OnnxLoader(model)().infer({"images": np.stack(batch)})
+    want = [int(i) for i in np.argmax(next(iter(direct.values())), axis=1)]
+    handler = NumpyModelHandler(OnnxLoader(model), model_copies=1, lazy=True,
+                                max_batch_size=4)
+    p = beam.Pipeline()
+    got = (p | beam.Create(batch) | RunInference(handler)
+           | beam.Map(lambda r: int(np.argmax(r.inference))))
+    assert_that(got, equal_to(want))
+    p.run().wait_until_finish()
