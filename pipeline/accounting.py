@@ -25,7 +25,8 @@ from typing import Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.io import ERRORS, PREDICTIONS, file_prefix, records_in
+from pipeline.budget import count_records
+from transforms.io import ERRORS, PREDICTIONS, file_prefix
 
 EXIT_UNACCOUNTED = 4
 
@@ -82,11 +83,9 @@ def count_written(output: str, run_id: str) -> Written:
     """Records in ``<output>/predictions-<run_id>-*`` and ``errors-<run_id>-*``, and the
     files under Beam's ``beam-temp-*-<run_id>*`` folders (a finished sink removes its
     folder, so any file there was written and never finalized)."""
-    preds = _files(file_prefix(output, PREDICTIONS, run_id) + "-*")
-    errors = _files(file_prefix(output, ERRORS, run_id) + "-*")
     left = _files(FileSystems.join(output, f"beam-temp-*-{run_id}*") + "/*")
-    return Written(sum(records_in(f) for f in preds), sum(records_in(f) for f in errors),
-                   left)
+    return Written(count_records(file_prefix(output, PREDICTIONS, run_id) + "-*"),
+                   count_records(file_prefix(output, ERRORS, run_id) + "-*"), left)
 
 
 def check_written(ok: int, failed: int, written: Written, inputs: Sequence[str],

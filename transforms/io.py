@@ -92,17 +92,6 @@ def uris_in(path: str) -> Iterator[str]:
                 yield json.loads(line)["uri"]
 
 
-def records_in(path: str) -> int:
-    """How many records one output file holds (JSONL lines or Parquet rows), without
-    parsing them: the launcher counts what a run wrote against what its counters say."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(f).metadata.num_rows
-        return sum(1 for line in f.read().splitlines() if line.strip())
-
-
 def scored_uris(readable: fileio.ReadableFile) -> Iterator[str]:
     """The URIs in one earlier predictions file (JSONL or Parquet)."""
     yield from uris_in(readable.metadata.path)
