@@ -69,3 +69,20 @@ def test_a_timed_run_reports_its_processes_start_up(tmp_path):
     # the last bundle's end: what comes after it is the tail (finalize, shutdown)
     assert (s["first_prediction_since_launch_s"]["max"] <= s["last_bundle_done_since_launch_s"]
             <= launcher["run_done"])
+
+
+def test_timed_load_brackets_the_loader_with_its_milestones(tmp_path, monkeypatch):
+    monkeypatch.setenv(startup.ENV, str(tmp_path))
+
+    class Loader:
+        backend = "onnx"
+
+        def __call__(self):
+            return "model"
+
+    assert startup.timed_load(Loader(), lazy=True) == "model"
+    lines = [json.loads(x) for x in (tmp_path / f"startup-{os.getpid()}.jsonl").read_text()
+             .splitlines()]
+    assert [x["milestone"] for x in lines] == ["load_start", "load_done"]
+    assert lines[1]["backend"] == "onnx" and lines[1]["load_s"] >= 0
+    assert lines[0]["lazy"] is lines[1]["lazy"] is True

@@ -89,13 +89,7 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
     def load_model(self) -> Runner:
         if self._lazy:
             return LazyRunner(self._loader)
-        start = time.perf_counter()
-        startup.record("load_start", once=False)
-        runner = self._loader()
-        startup.record("load_done", once=False,
-                       load_s=round(time.perf_counter() - start, 3),
-                       backend=getattr(self._loader, "backend", None))
-        return runner
+        return startup.timed_load(self._loader)
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         """The loader's bounds (TensorRT: the profile's opt and max), unless overridden."""

@@ -12,7 +12,6 @@ systemic), on the first batch instead of at setup.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable, Optional
 
 from transforms.runtime import startup
@@ -38,19 +37,13 @@ class LazyRunner(Runner):
         if self._runner is None:
             with self._lock:
                 if self._runner is None:
-                    start = time.perf_counter()
-                    startup.record("load_start", once=False, lazy=True)
                     try:
-                        runner = self._loader()
+                        self._runner = startup.timed_load(self._loader, lazy=True)
                     except SystemicError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - any load failure is systemic
                         raise ModelLoadError(f"loading the model on first use failed: "
                                              f"{type(exc).__name__}: {exc}") from exc
-                    startup.record("load_done", once=False, lazy=True,
-                                   load_s=round(time.perf_counter() - start, 3),
-                                   backend=getattr(self._loader, "backend", None))
-                    self._runner = runner
         return self._runner
 
     def info(self) -> RunnerInfo:

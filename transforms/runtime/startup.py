@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 ENV = "BEAM_TRT_STARTUP_DIR"
 # SDK processes, in the order a process meets them: imports; the model load (RunInference's
@@ -65,6 +65,17 @@ def record(milestone: str, once: bool = True, **fields: Any) -> None:
             f.write(json.dumps(line) + "\n")
     except OSError:
         pass       # instrumentation never fails a run
+
+
+def timed_load(loader: Callable[[], Any], **fields: Any) -> Any:
+    """``loader()`` between this process's load_start and load_done milestones, the
+    latter with the seconds it took and the loader's backend."""
+    start = time.perf_counter()
+    record("load_start", once=False, **fields)
+    loaded = loader()
+    record("load_done", once=False, load_s=round(time.perf_counter() - start, 3),
+           backend=getattr(loader, "backend", None), **fields)
+    return loaded
 
 
 def summarize(folder: str, launched_unix: Optional[float] = None) -> Dict[str, Any]:
