@@ -271,12 +271,18 @@ def _main_command(a: argparse.Namespace, *extra: str) -> List[str]:
             "--max_batch_size", str(a.batch), *extra]
 
 
+ROWS = ("engine", "dali", "gpu", "cpu", "stock", "pool")
+
+
 def cmd_pipeline(a: argparse.Namespace) -> int:
     """Engine alone, DALI alone, end to end (gpu and cpu preprocessing) and the stock-Beam
     baseline, over one corpus, one plan and one batch size, in one run."""
     from transforms.runtime.benchmark import bench_dali
     from transforms.spec import OPEN_NSFW_SPEC
 
+    rows = set(a.rows.split(","))
+    if not rows <= set(ROWS):
+        raise SystemExit(f"--rows {a.rows!r}: expected a comma list of {ROWS}")
     files = sorted(glob.glob(_corpus_glob(a)))
     unique = _unique_files(a)
     gpu_name = device_name()
@@ -286,40 +292,49 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
         "batch_size": a.batch, "plan": a.engine, "gpu": gpu_name, "cores": usable_cores(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
+        "rows": sorted(rows, key=ROWS.index),
     }
-    _, engine = bench_tensorrt(a.engine, [a.batch], 10, 50)
-    record["engine"] = engine[0]
-    record["engine_images_per_s"] = engine[0].get("images_per_s")
-    gpu_ms = engine[0].get("gpu_med_ms")
-    record["engine_gpu_only_images_per_s"] = a.batch / (gpu_ms / 1000) if gpu_ms else None
-    jpegs = [open(f, "rb").read() for f in unique if f.endswith((".jpg", ".jpeg"))]
-    dali = bench_dali(jpegs, OPEN_NSFW_SPEC, a.batch)
-    record["gpu_preprocess"] = dali
-    record["gpu_preprocess_images_per_s"] = dali["images_per_s"]
+    if "engine" in rows:
+        _, engine = bench_tensorrt(a.engine, [a.batch], 10, 50)
+        record["engine"] = engine[0]
+        record["engine_images_per_s"] = engine[0].get("images_per_s")
+        gpu_ms = engine[0].get("gpu_med_ms")
+        record["engine_gpu_only_images_per_s"] = a.batch / (gpu_ms / 1000) if gpu_ms else None
+    if "dali" in rows:
+        jpegs = [open(f, "rb").read() for f in unique if f.endswith((".jpg", ".jpeg"))]
+        dali = bench_dali(jpegs, OPEN_NSFW_SPEC, a.batch)
+        record["gpu_preprocess"] = dali
+        record["gpu_preprocess_images_per_s"] = dali["images_per_s"]
+    # the CPU-path and stock rows may run over a smaller corpus (--cpu_corpus): at their
+    # ~1,800 images/s a multi-million-URI corpus would take most of an hour
+    slow = argparse.Namespace(**{**vars(a), "corpus": a.cpu_corpus or a.corpus})
+    if a.cpu_corpus:
+        record["cpu_rows_corpus_dir"] = a.cpu_corpus
+        record["cpu_rows_images"] = len(glob.glob(_corpus_glob(slow)))
     runs = {}
-    for name, extra in (("e2e_gpu", ["--preprocess", "gpu"]),
-                        ("e2e_cpu", ["--preprocess", "cpu"])):
+    for name, extra, corpus in (("e2e_gpu", ["--preprocess", "gpu", *a.gpu_pipeline_args.split()],
+                                 a), ("e2e_cpu", ["--preprocess", "cpu"], slow)):
+        if name[4:] not in rows:
+            continue
         # a fresh output prefix each time: an earlier run's predictions would be skipped
         runs[name] = _timed_child(_main_command(
-            a, *(a.pipeline_args or []), *extra, "--output",
+            corpus, *(a.pipeline_args or []), *extra, "--output",
             tempfile.mkdtemp(prefix=f"bench-{name}-")))
-    if a.stock_engine:
+    if a.stock_engine and "stock" in rows:
         # the same corpus and runner flags as ours: only the handler differs
         runs["stock_beam"] = _timed_child([
-            "-m", "pipeline.stock_baseline", "--input", _corpus_glob(a), "--engine",
+            "-m", "pipeline.stock_baseline", "--input", _corpus_glob(slow), "--engine",
             a.stock_engine, "--batch", str(a.batch), "--output",
             tempfile.mkdtemp(prefix="bench-stock-"), *(a.pipeline_args or [])])
     record["runs"] = runs
-    record["e2e_gpu_images_per_s"] = runs["e2e_gpu"]["images_per_s"]
-    record["e2e_cpu_images_per_s"] = runs["e2e_cpu"]["images_per_s"]
-    record["stock_beam_images_per_s"] = runs.get("stock_beam", {}).get("images_per_s")
-    record["stock_beam_steady_images_per_s"] = runs.get("stock_beam", {}).get(
-        "steady_images_per_s")
-    record["gpu_util_mean_gpu_path"] = runs["e2e_gpu"].get("gpu_util_mean")
-    # the same runs without their start-up (shard growth between 10% and 90% written)
-    record["e2e_gpu_steady_images_per_s"] = runs["e2e_gpu"].get("steady_images_per_s")
-    record["e2e_cpu_steady_images_per_s"] = runs["e2e_cpu"].get("steady_images_per_s")
-    if a.pool_images:
+    for name, key in (("e2e_gpu", "e2e_gpu"), ("e2e_cpu", "e2e_cpu"), ("stock_beam", "stock_beam")):
+        if name in runs:
+            record[f"{key}_images_per_s"] = runs[name]["images_per_s"]
+            # the same runs without their start-up (shard growth between 10% and 90% written)
+            record[f"{key}_steady_images_per_s"] = runs[name].get("steady_images_per_s")
+    if "e2e_gpu" in runs:
+        record["gpu_util_mean_gpu_path"] = runs["e2e_gpu"].get("gpu_util_mean")
+    if a.pool_images and "pool" in rows:
         # the CPU path's ceiling on these cores: its own decode code in a plain pool
         record["cpu_pool_ceiling_images_per_s"] = pool_ceiling(
             unique[:a.pool_images], usable_cores())
@@ -349,6 +364,11 @@ def ratios(record: Dict[str, Any]) -> Dict[str, Optional[float]]:
             gpu, record.get(f"stock_beam_{kind}images_per_s"))
         out[f"e2e_cpu_{kind}vs_pool_ceiling"] = _ratio(
             cpu, record.get("cpu_pool_ceiling_images_per_s"))
+    # end to end against the others' steady rates: the strictest comparison, and the fair
+    # one when the CPU-path and stock rows ran over a smaller corpus (--cpu_corpus)
+    gpu = record.get("e2e_gpu_images_per_s")
+    out["e2e_gpu_vs_cpu_steady"] = _ratio(gpu, record.get("e2e_cpu_steady_images_per_s"))
+    out["e2e_gpu_vs_stock_beam_steady"] = _ratio(gpu, record.get("stock_beam_steady_images_per_s"))
     return out
 
 
@@ -704,6 +724,14 @@ def make_parser() -> argparse.ArgumentParser:
     pl.add_argument("--png", help="bar chart of the run (needs matplotlib)")
     pl.add_argument("--pool_images", type=int, default=2000,
                     help="images for the CPU pool ceiling on this run's cores (0: skip)")
+    pl.add_argument("--rows", default=",".join(ROWS),
+                    help=f"which rows to run, a comma list of {','.join(ROWS)} (default all)")
+    pl.add_argument("--gpu_pipeline_args", default="",
+                    help="flags for the --preprocess gpu run only, after --pipeline_args "
+                         "(one string; e.g. another --direct_num_workers)")
+    pl.add_argument("--cpu_corpus", default=None,
+                    help="a smaller corpus (same --corpus_name) for the --preprocess cpu and "
+                         "stock rows; the ratios then also use their steady rates")
     pl.add_argument("--pipeline_args", nargs=argparse.REMAINDER,
                     help="extra flags for both end-to-end runs (e.g. --direct_num_workers=16 "
                          "--direct_running_mode=multi_processing)")

@@ -8,6 +8,8 @@
 #   ORT GPU path (pack with nvidia-dali-cuda130, after trt-scores under pack-trt): ort-gpu
 #   GPU preprocessing (pack-trt with nvidia-dali-cuda120 nvidia-ml-py):
 #     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads
+#   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m)
+#   plans between leases: plans-out (files back), plans-in (carry .plans)
 #   issue 12/11 (after `test` or `nsfw-plan`, which build open_nsfw.fp16.plan): soak-gpu
 #     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus
 set -uo pipefail
@@ -93,10 +95,12 @@ for step in "$@"; do
       REPORT_DIR=$OUT TRT_ENGINE_DIR=$ENG python -m pytest -m gpu -ra -q -p no:cacheprovider \
         tests/gpu/test_dali_gpu.py 2>&1 | tee "$OUT/pytest-dali.log" | tail -25 ;;
     bench-imagenet|bench-uploads)   # issue 10's table; PIPELINE_ARGS go to all three pipelines
+                                    # BENCH_SUFFIX: another corpus dir (links step); BENCH_EXTRA:
+                                    # more benchmark flags (--rows, --cpu_corpus, --gpu_pipeline_args)
       trt_env; c=${step#bench-}
       $PIN python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
-        --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c --corpus_name $c \
-        --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-$GPU_TAG-$c.json" \
+        --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c${BENCH_SUFFIX:-} --corpus_name $c \
+        --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-$GPU_TAG-$c${BENCH_SUFFIX:-}.json" ${BENCH_EXTRA:-} \
         --pipeline_args ${PIPELINE_ARGS:---direct_num_workers=16 --direct_running_mode=multi_processing} \
         2>&1 | tail -30 ;;
     bench-sharing|bench-sharing-folded)  # the CPU path on all 16 cores; folded: uint8 on the wire
@@ -233,6 +237,41 @@ PY
         --output $d > /dev/null
       python scripts/dali_vs_pillow.py "$d/imagenet-*.jpg" samples/*.jpg --gpu \
         --json "$OUT/dali-vs-pillow-gpu.json" 2>&1 | grep -E "^\||mean pixel" | tee "$OUT/dali-agree.log" ;;
+    links)        # LINKS_TOTAL distinct URIs over the imagenet corpus's photos, hard links in
+                  # corpus-imagenet$LINKS_SUFFIX (a run of millions without millions of photos)
+      trt_env
+      python - "$W/corpus-imagenet" "$W/corpus-imagenet${LINKS_SUFFIX:--1m}" "${LINKS_TOTAL:-1000000}" <<'PY'
+import glob, os, sys, time
+src, dst, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+photos = sorted(glob.glob(os.path.join(src, "imagenet-[0-9]*.jpg")))
+os.makedirs(dst, exist_ok=True)
+start = time.time()
+for p in photos:
+    target = os.path.join(dst, os.path.basename(p))
+    if not os.path.exists(target):
+        os.link(p, target)
+for i in range(total - len(photos)):
+    target = os.path.join(dst, f"imagenet-l{i:08d}.jpg")
+    if not os.path.exists(target):
+        os.link(photos[i % len(photos)], target)
+print(f"links: {dst}: {len(os.listdir(dst))} names over {len(photos)} photos in {time.time() - start:.1f} s")
+PY
+      ;;
+    load-contention)  # GPU-path model load (engine + DALI) in 1, 4, 16 processes at once, by part
+      trt_env; build_b64 "$OUT/build-nsfw.log"
+      python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan \
+        --jpegs "$W/corpus-imagenet/imagenet-0000*.jpg" --procs ${CONTENTION_PROCS:-1,4,16} \
+        --json "$OUT/load-contention.json" 2>&1 | grep -vE "Warning|warn" | tail -20
+      python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan --engine_only \
+        --jpegs "$W/corpus-imagenet/imagenet-0000*.jpg" --procs 16 \
+        --json "$OUT/load-contention-engine-only.json" 2>&1 | grep -vE "Warning|warn" | tail -12 ;;
+    plans-out)    # the plans and sidecars back to the launching machine (each file < 16 MiB), so
+                  # a later lease on the same GPU and TensorRT skips the builds (plans-in)
+      for f in $ENG/*.plan; do tar czf "$OUT/plan-$(basename $f .plan).tgz" -C $ENG "$(basename $f)" \
+        "$(basename $f).json" 2>/dev/null || tar czf "$OUT/plan-$(basename $f .plan).tgz" -C $ENG "$(basename $f)"; done
+      ls -la $ENG ;;
+    plans-in)     # .plans/*.tgz (carried) into the engine folder
+      for t in .plans/*.tgz; do tar xzf "$t" -C $ENG; done; ls -la $ENG ;;
     tar-out)      # the device tool brings back few files per run: fold $OUT into one archive
       ( cd "$OUT" && tar czf /tmp/out-$$.tgz --exclude='*.tgz' . && find . -type f ! -name '*.tgz' -delete \
         && mv /tmp/out-$$.tgz "$OUT/out-$(date -u +%H%M%S).tgz" ) ;;

@@ -30,9 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import apache_beam as beam  # noqa: E402
 
+from pipeline import stage_timeline  # noqa: E402
 from pipeline.build import build_pipeline  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from transforms.handlers.model_handler import NumpyModelHandler  # noqa: E402
+from transforms.runtime import startup  # noqa: E402
 from transforms.runtime.runner import Feeds, Runner, RunnerInfo, TensorInfo  # noqa: E402
 from transforms.runtime.tensorrt.gpu_runner import ENCODED, GPU_OK  # noqa: E402
 
@@ -119,6 +121,9 @@ def main() -> int:
     p.add_argument("--no_profile", action="store_true", help="time only (cProfile adds ~40%%)")
     p.add_argument("--preprocess", choices=("gpu", "cpu"), default="gpu")
     p.add_argument("--stages", action="store_true", help="print the per-stage table")
+    p.add_argument("--runner_stages", action="store_true",
+                   help="also time each stage of Beam's runner (pipeline/stage_timeline.py) "
+                        "and print seconds per stage")
     p.add_argument("--pipeline_args", nargs=argparse.REMAINDER, default=[],
                    help="runner flags, e.g. --direct_num_workers=2 "
                         "--direct_running_mode=multi_processing (timing only: cProfile "
@@ -130,6 +135,10 @@ def main() -> int:
                     min_batch_size=a.batch, max_batch_size=a.batch)
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    launched = time.time()
+    if a.runner_stages:
+        os.environ[startup.ENV] = tempfile.mkdtemp(prefix="profile-stages-")
+        stage_timeline.apply()
     pipe = beam.Pipeline(options=PipelineOptions(a.pipeline_args))
     build_pipeline(pipe, cfg, gpu_handler=NumpyModelHandler(ZeroLoader(a.batch, True)),
                    handler=NumpyModelHandler(ZeroLoader(a.batch, False)))
@@ -144,6 +153,11 @@ def main() -> int:
             for _ in open(os.path.join(out, f)))
     print(f"{n} images in {wall:.2f} s{'' if a.no_profile else ' under cProfile'}: "
           f"{n / wall:.0f} images/s ({1000 * wall / n:.2f} ms of host time per image)")
+    if a.runner_stages:
+        print("| runner stage | bundles | s | from s | to s |\n| --- | ---: | ---: | ---: | ---: |")
+        for row in startup.summarize(os.environ[startup.ENV], launched).get("runner_stages", []):
+            print(f"| {row['stage']} | {row['bundles']} | {row['seconds']:.2f} | "
+                  f"{row['start_s']:.2f} | {row['end_s']:.2f} |")
     if a.no_profile:
         return 0
     stats = pstats.Stats(prof)

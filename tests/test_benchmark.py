@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import importlib.util
 import json
+
+import pytest
 
 from pipeline.benchmark import main
 
@@ -157,6 +157,8 @@ def test_pipeline_ratios_table_and_report(tmp_path, capsys):
     assert r["e2e_gpu_steady_vs_min_engine_dali"] == 0.875
     assert r["e2e_gpu_vs_stock_beam"] == 4.0 and r["e2e_gpu_steady_vs_stock_beam"] is None and r["e2e_gpu_steady_vs_cpu"] == 4.667
     assert r["e2e_cpu_steady_vs_pool_ceiling"] == 0.938
+    # end to end against the CPU path's steady rate: the bound when it ran a smaller corpus
+    assert r["e2e_gpu_vs_cpu_steady"] == 1.333 and r["e2e_gpu_vs_stock_beam_steady"] is None
     assert ratios(dict(rec, stock_beam_images_per_s=float("nan")))["e2e_gpu_vs_stock_beam"] is None
     uploads = dict(rec, corpus="uploads", stock_beam_images_per_s=None,
                    runs={"stock_beam": {"returncode": 1},
@@ -211,3 +213,26 @@ def test_stock_handler_switches_off_the_version_check_where_it_loads(monkeypatch
         handler.load_model()
     assert calls == []                       # the worker-side load never checked
     assert tensorrt_inference._check_trt_version() is None
+
+
+def test_pipeline_runs_only_the_rows_asked_for(tmp_path, capsys):
+    """--rows pool: no engine, no DALI, no end-to-end run; the record says which rows ran,
+    and a row name outside the list is refused."""
+    from PIL import Image
+
+    from pipeline.benchmark import main as bench_main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        Image.new("RGB", (64, 48), (40 * i, 90, 200)).save(corpus / f"imagenet-{i:06d}.jpg")
+    out = tmp_path / "p.json"
+    args = ["pipeline", "--engine", str(tmp_path / "absent.plan"), "--corpus", str(corpus),
+            "--corpus_name", "imagenet", "--json", str(out), "--pool_images", "4"]
+    assert bench_main(args + ["--rows", "pool"]) == 0
+    record = json.loads(out.read_text())
+    assert record["rows"] == ["pool"] and record["runs"] == {}
+    assert record["cpu_pool_ceiling_images_per_s"] > 0
+    assert "engine_images_per_s" not in record and "e2e_gpu_images_per_s" not in record
+    with pytest.raises(SystemExit, match="--rows 'pool,gpus'"):
+        bench_main(args + ["--rows", "pool,gpus"])

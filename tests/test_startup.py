@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+import pytest
+
 from transforms.runtime import startup
 
 
@@ -69,6 +71,14 @@ def test_a_timed_run_reports_its_processes_start_up(tmp_path):
     # the last bundle's end: what comes after it is the tail (finalize, shutdown)
     assert (s["first_prediction_since_launch_s"]["max"] <= s["last_bundle_done_since_launch_s"]
             <= launcher["run_done"])
+    # the runner's stages (pipeline/stage_timeline.py), in the order they ran, inside the run
+    stages = s["runner_stages"]
+    assert any("RunInference" in row["stage"] for row in stages), stages
+    assert [row["start_s"] for row in stages] == sorted(row["start_s"] for row in stages)
+    assert all(launcher["graph_built"] <= row["start_s"] <= row["end_s"] <= launcher["run_done"]
+               for row in stages), stages
+    main_stage = next(row for row in stages if "RunInference" in row["stage"])
+    assert main_stage["end_s"] >= s["last_bundle_done_since_launch_s"] - 0.01
 
 
 def test_timed_load_brackets_the_loader_with_its_milestones(tmp_path, monkeypatch):
@@ -86,3 +96,23 @@ def test_timed_load_brackets_the_loader_with_its_milestones(tmp_path, monkeypatc
     assert [x["milestone"] for x in lines] == ["load_start", "load_done"]
     assert lines[1]["backend"] == "onnx" and lines[1]["load_s"] >= 0
     assert lines[0]["lazy"] is lines[1]["lazy"] is True
+
+
+def test_load_parts_are_timed_and_summarized_per_part(tmp_path, monkeypatch):
+    """Each part of a load (CUDA init, engine, DALI build) is its own milestone; the summary
+    gives each part's median and max over processes, the first load of each process."""
+    monkeypatch.setenv(startup.ENV, str(tmp_path))
+    with startup.timed_part("engine"):
+        time.sleep(0.01)
+    with pytest.raises(ValueError):
+        with startup.timed_part("dali_build"):      # a part that fails is still timed
+            raise ValueError("no GPU")
+    with startup.timed_part("engine"):              # a second load: not this process's first
+        time.sleep(0.2)
+    with open(tmp_path / "startup-99.jsonl", "w") as f:
+        f.write(json.dumps({"pid": 99, "milestone": "load_part", "part": "engine", "t": 1.0,
+                            "since_start_s": 1.0, "seconds": 3.0}) + "\n")
+    parts = startup.summarize(str(tmp_path))["load_parts_s"]
+    assert parts["engine"]["processes"] == 2 and parts["engine"]["max"] == 3.0
+    assert 0.01 <= parts["engine"]["median"] < 0.2 or parts["engine"]["median"] == 3.0
+    assert parts["dali_build"]["processes"] == 1

@@ -23,6 +23,7 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
+from transforms.runtime import startup
 from transforms.runtime.errors import ModelLoadError
 from transforms.spec import ModelSpec
 
@@ -93,7 +94,8 @@ class DaliPreprocessor:
                  cpu_only: bool = False) -> None:
         """``cpu_only`` builds the same graph on DALI's CPU backend (decoder "cpu", no
         device): for checking the graph's arithmetic where there is no GPU (to_host only)."""
-        fn, pipeline_def, types = _dali()
+        with startup.timed_part("import_dali"):
+            fn, pipeline_def, types = _dali()
         self.spec = spec
         self.max_batch = max_batch
         self._lock = threading.Lock()
@@ -140,7 +142,8 @@ class DaliPreprocessor:
 
         self._graph = graph
         self._pipe = None
-        self.reset()
+        with startup.timed_part("dali_build"):
+            self.reset()
 
     def reset(self) -> None:
         """A fresh pipeline: after a decode error DALI's pipeline object is no longer valid."""

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from transforms.runtime import startup
 from transforms.runtime.batching import DeclaredInput, check_declared_input
 from transforms.runtime.errors import SystemicError
 from transforms.runtime.runner import Feeds, Runner, RunnerInfo, TensorInfo
@@ -109,12 +110,16 @@ class TrtLoader:
         from transforms.runtime.placement import choose_device
         from transforms.runtime.tensorrt.engine import trt_module, TrtEngine
 
-        trt_module()                      # "tensorrt is not installed" before any CUDA call
-        device = choose_device(self.device)
-        cuda.set_device(device)
-        plan, sidecar, source = (self._from_cache(device) if self.engine_cache
-                                 else self._from_uri(device))
-        engine = TrtEngine(plan, source=f"{source} on cuda:{device}", device=device)
+        with startup.timed_part("import_tensorrt"):
+            trt_module()                  # "tensorrt is not installed" before any CUDA call
+        with startup.timed_part("cuda_init"):
+            device = choose_device(self.device)
+            cuda.set_device(device)
+        with startup.timed_part("plan_read_check"):
+            plan, sidecar, source = (self._from_cache(device) if self.engine_cache
+                                     else self._from_uri(device))
+        with startup.timed_part("engine_deserialize_allocate"):
+            engine = TrtEngine(plan, source=f"{source} on cuda:{device}", device=device)
         declared = sorted((t.name, t.dtype) for t in sidecar.tensors)
         actual = sorted((t.name, t.dtype) for t in engine.tensors)
         if declared != actual:

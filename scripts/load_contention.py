@@ -1,0 +1,108 @@
+"""How long a GPU-path model load takes when N processes load at once, part by part.
+
+Why: on the H200, 16 SDK processes each loading the engine and building DALI took 16.0 s,
+against 2.8 s for the engine alone on the CPU path (docs/benchmarks.md, 2026-11-30): a
+third of a 50,000-image run. This starts N processes together (a barrier), each doing
+exactly what an SDK process does (the launcher's own TrtDaliLoader, or TrtLoader with
+--engine_only), then one batch of real JPEGs, and reports each load part's median and
+max (transforms/runtime/startup.py ``load_part``) per N.
+
+    python scripts/load_contention.py --engine nsfw-b64.fp16.plan --jpegs 'corpus/*.jpg' \\
+        --procs 1,4,16 --json load-contention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load(engine: str, jpegs: List[str], engine_only: bool, barrier: Any,
+          folder: str) -> None:
+    os.environ["BEAM_TRT_STARTUP_DIR"] = folder
+    from transforms.runtime import startup
+
+    barrier.wait()
+    start = time.perf_counter()
+    with startup.timed_part("import_runtime"):
+        from transforms.runtime.gpu_preprocess import DaliOptions
+        from transforms.runtime.tensorrt.gpu_runner import ENCODED, TrtDaliLoader
+        from transforms.runtime.tensorrt.runner import TrtLoader
+        from transforms.spec import OPEN_NSFW_SPEC
+    loader: Any = TrtLoader(engine_uri=engine)
+    if not engine_only:
+        loader = TrtDaliLoader(loader, OPEN_NSFW_SPEC, DaliOptions())
+    with startup.timed_part("load_total"):
+        runner = loader()
+    import numpy as np
+
+    batch = np.empty(len(jpegs), dtype=object)
+    for i, path in enumerate(jpegs):
+        batch[i] = np.frombuffer(open(path, "rb").read(), np.uint8)
+    if not engine_only:
+        with startup.timed_part("first_batch"):
+            runner.infer({ENCODED: batch})
+        with startup.timed_part("second_batch"):
+            runner.infer({ENCODED: batch})
+    startup.record("load_part", once=False, part="ready_since_barrier",
+                   seconds=round(time.perf_counter() - start, 3))
+    runner.close()
+
+
+def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
+    from transforms.runtime import startup
+
+    ctx = mp.get_context("spawn")          # CUDA in the parent would not survive a fork
+    folder = tempfile.mkdtemp(prefix=f"load-{n}-")
+    barrier = ctx.Barrier(n)
+    procs = [ctx.Process(target=_load, args=(a.engine, jpegs, a.engine_only, barrier, folder))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    parts = startup.summarize(folder).get("load_parts_s", {})
+    return {"processes": n, "failed_exitcodes": failed, "parts": parts}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", required=True, help="a plan with its sidecar")
+    ap.add_argument("--jpegs", required=True, help="glob: the first --batch are one batch")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--procs", default="1,4,16")
+    ap.add_argument("--engine_only", action="store_true", help="TrtLoader, no DALI")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    jpegs = sorted(glob.glob(a.jpegs))[:a.batch]
+    if len(jpegs) < a.batch:
+        ap.error(f"--jpegs {a.jpegs!r}: expected at least {a.batch} files, got {len(jpegs)}")
+    rows = [one(int(n), a, jpegs) for n in a.procs.split(",")]
+    names = sorted({p for r in rows for p in r["parts"]},
+                   key=lambda p: -max(r["parts"].get(p, {}).get("median", 0) for r in rows))
+    print("| load part, s (median / max over processes) | "
+          + " | ".join(f"{r['processes']} at once" for r in rows) + " |")
+    print("| --- |" + " ---: |" * len(rows))
+    for name in names:
+        cells = [f"{r['parts'][name]['median']:.2f} / {r['parts'][name]['max']:.2f}"
+                 if name in r["parts"] else "–" for r in rows]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"engine": a.engine, "engine_only": a.engine_only, "batch": a.batch,
+                       "rows": rows}, f, indent=2)
+    return 1 if any(r["failed_exitcodes"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
