@@ -60,6 +60,7 @@ def apply() -> bool:
             self._grpc_server = None
 
     concurrent_close_all._concurrent = True      # type: ignore[attr-defined]
+    concurrent_close_all._original = close_all    # type: ignore[attr-defined]
     concurrent_close_all.__doc__ = "close_all, workers closed concurrently (pipeline/runner_shutdown.py)"
     manager.close_all = concurrent_close_all
     return True

@@ -52,6 +52,15 @@ _CHILD = textwrap.dedent("""
     from transforms.preprocess import preprocess
     from transforms.spec import OPEN_NSFW_SPEC as spec
     with_preprocess = sys.argv[2] == "1"
+
+    def peak_rss_mb():
+        # this process's own peak (VmHWM); ru_maxrss also counts the forking parent's
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     for path in sys.argv[3:]:
         data = open(path, "rb").read()
         start = time.perf_counter()
@@ -65,7 +74,7 @@ _CHILD = textwrap.dedent("""
             outcome, message = type(exc).__name__, str(exc)
         print(json.dumps({"file": path.rsplit("/", 1)[-1], "outcome": outcome,
                           "message": message, "seconds": time.perf_counter() - start,
-                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+                          "peak_rss_mb": peak_rss_mb()}),
               flush=True)
 """)
 

@@ -17,9 +17,11 @@ from pipeline import runner_shutdown
 
 @pytest.fixture
 def beam_close_all(monkeypatch):
-    """Beam's own close_all, restored after the test."""
+    """Beam's own close_all for the test (a launcher run in an earlier test patched it),
+    the current one restored after it."""
+    current = worker_handlers.WorkerHandlerManager.close_all
     monkeypatch.setattr(worker_handlers.WorkerHandlerManager, "close_all",
-                        worker_handlers.WorkerHandlerManager.close_all)
+                        getattr(current, "_original", current))
 
 
 class SlowHandler:
