@@ -239,8 +239,9 @@ def _audit_or_error(args: Sequence[str], output: str) -> Dict[str, Any]:
     from pipeline.audit import audit
 
     inputs = [args[i + 1] for i, x in enumerate(args) if x == "--input"]
+    input_list = next((args[i + 1] for i, x in enumerate(args) if x == "--input_list"), None)
     try:
-        report = audit(inputs, output, examples=3)
+        report = audit(inputs, output, examples=3, input_list=input_list)
     except Exception as exc:  # noqa: BLE001 - reported beside the run, not fatal to it
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {k: v for k, v in report.items() if not k.endswith("_examples")
@@ -264,9 +265,24 @@ def _unique_files(a: argparse.Namespace) -> List[str]:
     return sorted(glob.glob(os.path.join(a.corpus, f"{a.corpus_name}-[0-9]*")))
 
 
+def _manifest(a: argparse.Namespace) -> str:
+    """The corpus's URIs in a manifest file (one per line) beside the corpus, written once:
+    the input of a run of millions, as a user would list GCS objects (pipeline.main
+    --input_list) rather than have one worker match them."""
+    path = os.path.join(a.corpus, "manifest.txt")
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(uri + "\n" for uri in sorted(glob.glob(_corpus_glob(a))))
+        os.replace(path + ".tmp", path)
+    return path
+
+
 def _main_command(a: argparse.Namespace, *extra: str) -> List[str]:
-    """``python -m pipeline.main`` over the corpus on the plan, batches of exactly --batch."""
-    return ["-m", "pipeline.main", "--input", _corpus_glob(a), "--backend", "tensorrt",
+    """``python -m pipeline.main`` over the corpus on the plan, batches of exactly --batch
+    (the corpus as a glob, or with --manifest as an --input_list)."""
+    source = (["--input_list", _manifest(a)] if getattr(a, "manifest", False)
+              else ["--input", _corpus_glob(a)])
+    return ["-m", "pipeline.main", *source, "--backend", "tensorrt",
             "--engine", a.engine, "--min_batch_size", str(a.batch),
             "--max_batch_size", str(a.batch), *extra]
 
@@ -729,6 +745,10 @@ def make_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpu_pipeline_args", default="",
                     help="flags for the --preprocess gpu run only, after --pipeline_args "
                          "(one string; e.g. another --direct_num_workers)")
+    pl.add_argument("--manifest", action="store_true",
+                    help="our end-to-end runs read the corpus from a manifest "
+                         "(--input_list <corpus>/manifest.txt, written once) instead of "
+                         "matching its glob in one worker")
     pl.add_argument("--cpu_corpus", default=None,
                     help="a smaller corpus (same --corpus_name) for the --preprocess cpu and "
                          "stock rows; the ratios then also use their steady rates")

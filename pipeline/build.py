@@ -60,6 +60,12 @@ def make_gpu_loader(cfg: RunConfig) -> Loader:
                           device=cfg.gpu_device)
 
 
+def scoring_loader(cfg: RunConfig) -> Loader:
+    """The loader of the handler that scores at setup: the GPU path's, or the CPU path's
+    (with --preprocess gpu the CPU path's handler is lazy and loads on its first batch)."""
+    return make_gpu_loader(cfg) if cfg.preprocess == "gpu" else make_loader(cfg)
+
+
 def make_handler(cfg: RunConfig) -> NumpyModelHandler:
     """The unkeyed numpy handler: one class for every backend. With --preprocess gpu it
     serves the Pillow side, a stage that gets no input on an all-JPEG corpus, so its model
@@ -167,7 +173,7 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
         routed = read.images | "RouteForGpu" >> beam.ParDo(
             RouteForGpu(cfg.spec, cfg.limits)).with_outputs(DEAD_LETTER, CPU_PATH, main="gpu")
         gpu_handler = gpu_handler or NumpyModelHandler(
-            make_gpu_loader(cfg), min_batch_size=cfg.min_batch_size,
+            scoring_loader(cfg), min_batch_size=cfg.min_batch_size,
             max_batch_size=cfg.max_batch_size, model_copies=cfg.model_copies)
         gpu_results, gpu_failed = _infer(routed.gpu, "Gpu", gpu_handler)
         split = gpu_results | "SplitGpuResults" >> beam.ParDo(

@@ -48,6 +48,8 @@ class RunConfig:
     preprocess: str = "cpu"
     dali: DaliOptions = field(default_factory=DaliOptions)
     gpu_device: Optional[int] = None    # None: round-robin over the visible GPUs
+    # SDK processes start loading the scoring model as they start (runtime/prewarm.py)
+    prewarm: bool = True
     # The failure budget (pipeline/budget.py): over either limit, the run exits non-zero.
     max_failed_fraction: float = 0.05
     max_failed: Optional[int] = None

@@ -32,6 +32,8 @@ def parameters() -> List[Dict[str, Any]]:
     for action in parser._actions:  # argparse has no public iterator over its actions
         if not action.option_strings or action.dest == "help":
             continue
+        if action.help == argparse.SUPPRESS:     # set by the launcher, not by users
+            continue
         param: Dict[str, Any] = {
             "name": action.dest,
             "label": action.dest.replace("_", " ").capitalize(),

@@ -16,12 +16,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from pipeline.accounting import (EXIT_UNACCOUNTED, ImagesUnaccounted, check_accounting,
                                  check_written, count_written)
 from pipeline.budget import FailureBudgetExceeded, check_failure_budget
-from pipeline.build import build_pipeline
+from pipeline.build import build_pipeline, scoring_loader
 from pipeline.config import RunConfig
 from pipeline.options import (InferenceOptions, apply_folded_engine, config_from_options,
                               help_text, unknown_flags)
@@ -30,7 +30,7 @@ from pipeline import runner_fix, runner_shutdown, stage_timeline
 from transforms.io import BUNDLES, ERRORS, file_prefix, read_jsonl
 from transforms.metrics import percentile
 from transforms.records import METRICS_NAMESPACE
-from transforms.runtime import startup
+from transforms.runtime import prewarm, startup
 from transforms.runtime.errors import InputMismatch, ModelLoadError
 from transforms.spec import ConfigError
 
@@ -104,6 +104,21 @@ def configure(argv: Sequence[str]) -> Tuple[PipelineOptions, RunConfig]:
     return options, cfg
 
 
+def arrange_prewarm(options: PipelineOptions, cfg: RunConfig) -> bool:
+    """Have each SDK process start loading the scoring model as it starts: Beam imports
+    the modules in --beam_plugins there first, and transforms/runtime/prewarm.py starts the
+    loader it finds in the options. Not with --model_copies (one shared copy is loaded in
+    Beam's shared-model process) or --no_prewarm."""
+    if not cfg.prewarm or cfg.model_copies:
+        return False
+    setup = options.view_as(SetupOptions)
+    plugins = list(setup.beam_plugins or [])
+    if prewarm.MODULE not in plugins:
+        setup.beam_plugins = plugins + [prewarm.MODULE]
+    options.view_as(InferenceOptions).prewarm_loader = prewarm.encode(scoring_loader(cfg))
+    return True
+
+
 def is_local(runner: object) -> bool:
     return str(runner).split(".")[-1] in LOCAL_RUNNERS
 
@@ -122,6 +137,7 @@ def run(argv: Optional[Sequence[str]] = None,
         return None
     startup.record("launch")
     options, cfg = configure(argv)
+    arrange_prewarm(options, cfg)     # before the Pipeline takes its copy of the options
     p = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(p, cfg)
     startup.record("graph_built")

@@ -155,6 +155,15 @@ class InferenceOptions(PipelineOptions):
                        help="On Dataflow, block until the job ends, then print the summary "
                             "and apply the failure budget, so a scheduler sees the exit "
                             "status (run_dataflow.sh sets it; local runs always wait).")
+        g.add_argument("--no_prewarm", action="store_true", default=False,
+                       help="Load the model when the scoring stage reaches each SDK process "
+                            "(RunInference's setup), as Beam does. Default: each SDK process "
+                            "starts loading as it starts (Beam's --beam_plugins), while the "
+                            "first stages list and shuffle the inputs; in-process runs load "
+                            "at setup either way.")
+        # set by the launcher, not by users: the scoring stage's loader, pickled, for the
+        # SDK processes' early load (transforms/runtime/prewarm.py)
+        g.add_argument("--prewarm_loader", default=None, help=argparse.SUPPRESS)
         g.add_argument("--gpu_device", type=int, default=None,
                        help="Put every engine on this GPU. Default: each model copy takes the "
                             "next visible GPU in turn (round-robin across the worker's "
@@ -218,6 +227,7 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
                                       tuple(_csv(opts.onnx_providers))),
         dali=_dali_options(opts),
         gpu_device=opts.gpu_device,
+        prewarm=not opts.no_prewarm,
         max_failed_fraction=opts.max_failed_fraction,
         max_failed=opts.max_failed,
         wait_until_finish=bool(opts.wait_until_finish),

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load(engine: str, jpegs: List[str], engine_only: bool, barrier: Any,
-          folder: str) -> None:
+          folder: str, dali: Dict[str, Any]) -> None:
     os.environ["BEAM_TRT_STARTUP_DIR"] = folder
     from transforms.runtime import startup
 
@@ -40,7 +40,7 @@ def _load(engine: str, jpegs: List[str], engine_only: bool, barrier: Any,
         from transforms.spec import OPEN_NSFW_SPEC
     loader: Any = TrtLoader(engine_uri=engine)
     if not engine_only:
-        loader = TrtDaliLoader(loader, OPEN_NSFW_SPEC, DaliOptions())
+        loader = TrtDaliLoader(loader, OPEN_NSFW_SPEC, DaliOptions(**dali))
     with startup.timed_part("load_total"):
         runner = loader()
     import numpy as np
@@ -64,7 +64,10 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
     ctx = mp.get_context("spawn")          # CUDA in the parent would not survive a fork
     folder = tempfile.mkdtemp(prefix=f"load-{n}-")
     barrier = ctx.Barrier(n)
-    procs = [ctx.Process(target=_load, args=(a.engine, jpegs, a.engine_only, barrier, folder))
+    dali = {k: v for k, v in (("threads", a.dali_threads),
+                              ("hw_decoder_load", a.hw_decoder_load)) if v is not None}
+    procs = [ctx.Process(target=_load, args=(a.engine, jpegs, a.engine_only, barrier, folder,
+                                             dali))
              for _ in range(n)]
     for p in procs:
         p.start()
@@ -72,7 +75,7 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
         p.join()
     failed = [p.exitcode for p in procs if p.exitcode]
     parts = startup.summarize(folder).get("load_parts_s", {})
-    return {"processes": n, "failed_exitcodes": failed, "parts": parts}
+    return {"processes": n, "dali": dali, "failed_exitcodes": failed, "parts": parts}
 
 
 def main() -> int:
@@ -82,6 +85,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--procs", default="1,4,16")
     ap.add_argument("--engine_only", action="store_true", help="TrtLoader, no DALI")
+    ap.add_argument("--dali_threads", type=int, default=None, help="DaliOptions.threads")
+    ap.add_argument("--hw_decoder_load", type=float, default=None,
+                    help="DaliOptions.hw_decoder_load (0: no hardware decoder to set up)")
     ap.add_argument("--json")
     a = ap.parse_args()
     jpegs = sorted(glob.glob(a.jpegs))[:a.batch]

@@ -120,6 +120,9 @@ def main() -> int:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--no_profile", action="store_true", help="time only (cProfile adds ~40%%)")
     p.add_argument("--preprocess", choices=("gpu", "cpu"), default="gpu")
+    p.add_argument("--manifest", action="store_true",
+                   help="read the URIs from a manifest (--input_list) written from the "
+                        "pattern's matches, instead of matching the pattern in the run")
     p.add_argument("--stages", action="store_true", help="print the per-stage table")
     p.add_argument("--runner_stages", action="store_true",
                    help="also time each stage of Beam's runner (pipeline/stage_timeline.py) "
@@ -130,7 +133,16 @@ def main() -> int:
                         "sees the launcher, not the workers)")
     a = p.parse_args()
     out = tempfile.mkdtemp(prefix="profile-gpu-path-")
-    cfg = RunConfig(output=out, inputs=(os.path.join(a.corpus, a.pattern),), backend="tensorrt",
+    inputs: Tuple[str, ...] = (os.path.join(a.corpus, a.pattern),)
+    input_list = None
+    if a.manifest:
+        import glob
+
+        input_list = os.path.join(tempfile.mkdtemp(prefix="manifest-"), "uris.txt")
+        with open(input_list, "w") as f:
+            f.writelines(u + "\n" for u in sorted(glob.glob(inputs[0])))
+        inputs = ()
+    cfg = RunConfig(output=out, inputs=inputs, input_list=input_list, backend="tensorrt",
                     engine="unused.plan", preprocess=a.preprocess, run_id="profile",
                     min_batch_size=a.batch, max_batch_size=a.batch)
     from apache_beam.options.pipeline_options import PipelineOptions

@@ -37,7 +37,7 @@ from transforms.runtime.batching import (ENCODED_DTYPE, batch_inputs, run_in_chu
                                          split_rows, stack_batch, stack_encoded)
 from transforms.runtime.errors import (ItemFailure, SharedModelError, SystemicError,
                                        is_out_of_memory)
-from transforms.runtime import startup
+from transforms.runtime import prewarm, startup
 from transforms.runtime.lazy import LazyRunner
 from transforms.runtime.runner import Runner, RunnerInfo
 
@@ -89,7 +89,9 @@ class NumpyModelHandler(ModelHandler[Any, PredictionResult, Runner]):
     def load_model(self) -> Runner:
         if self._lazy:
             return LazyRunner(self._loader)
-        return startup.timed_load(self._loader)
+        # loaded as this SDK process started, if the launcher arranged it (runtime/prewarm.py)
+        early = prewarm.take(self._loader)
+        return early if early is not None else startup.timed_load(self._loader)
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         """The loader's bounds (TensorRT: the profile's opt and max), unless overridden."""

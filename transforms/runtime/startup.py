@@ -125,7 +125,10 @@ def summarize(folder: str, launched_unix: Optional[float] = None) -> Dict[str, A
         values = sorted(values)
         return {"median": round(values[len(values) // 2], 2), "max": round(values[-1], 2)}
 
-    out: Dict[str, Any] = {"processes": len(workers)}
+    out: Dict[str, Any] = {"processes": len(workers),
+                           # whose scoring model loaded as they started (runtime/prewarm.py)
+                           "prewarmed_processes": sum("prewarm_taken" in m
+                                                      for m in workers.values())}
     for milestone in MILESTONES:
         since_start = [m[milestone]["since_start_s"] for m in workers.values()
                        if milestone in m and m[milestone]["since_start_s"] is not None]
