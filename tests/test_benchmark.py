@@ -236,3 +236,24 @@ def test_pipeline_runs_only_the_rows_asked_for(tmp_path, capsys):
     assert "engine_images_per_s" not in record and "e2e_gpu_images_per_s" not in record
     with pytest.raises(SystemExit, match="--rows 'pool,gpus'"):
         bench_main(args + ["--rows", "pool,gpus"])
+
+
+def test_a_run_of_millions_reads_a_manifest_written_once(tmp_path):
+    """--manifest: our end-to-end runs read <corpus>/manifest.txt (--input_list), every
+    corpus URI once, instead of matching the glob in one worker."""
+    import argparse
+
+    from pipeline.benchmark import _main_command
+
+    for name in ("imagenet-000001.jpg", "imagenet-l00000000.jpg", "other.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    a = argparse.Namespace(corpus=str(tmp_path), corpus_name="imagenet", engine="e.plan",
+                           batch=32, manifest=True)
+    cmd = _main_command(a, "--preprocess", "gpu")
+    manifest = cmd[cmd.index("--input_list") + 1]
+    assert "--input" not in cmd and manifest == str(tmp_path / "manifest.txt")
+    assert open(manifest).read().split() == [str(tmp_path / "imagenet-000001.jpg"),
+                                             str(tmp_path / "imagenet-l00000000.jpg")]
+    a.manifest = False
+    assert _main_command(a)[:4] == ["-m", "pipeline.main", "--input",
+                                    str(tmp_path / "imagenet-*")]
