@@ -8,6 +8,12 @@ route sent to the Pillow side (images_cpu_path) against what reached it
 (images_pillow_in); a table and JSON summarise the runs without and with the fix.
 
     python scripts/repro_runner_loss.py --runs 5 --json loss.json
+
+Since the Pillow branches run inside the stage that routes them (pipeline/build.py, third
+2026-11-30 session), the GPU graph no longer hands file bytes from one stage to the next,
+and this script no longer loses images without the fix: what it reproduced is the graph
+up to commit 6882093. The runner's race itself is unchanged in Beam;
+scripts/beam_runner_loss_minimal.py shows it with Beam alone, and the fix stays applied.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """A runner that loads its model on first use, not when Beam sets the DoFn up.
 
-Why: with ``--preprocess gpu`` the Pillow side (PNG, WebP, DALI's rejects) is a stage of
-its own, and Beam sets up every DoFn of a stage in every SDK process that runs it, even
-when the stage has no input. On an all-JPEG corpus each of 16 processes loaded a second
-TensorRT engine it never used (2.8 s each, at the end of the run, and its device memory;
-docs/benchmarks.md, the H200 start-up timeline). Loading on the first batch costs nothing
+Why: with ``--preprocess gpu`` the Pillow branches (PNG, WebP, DALI's rejects) have
+RunInference transforms of their own, and Beam sets up every DoFn of a stage in every SDK
+process that runs it, even when the branch gets no input. On an all-JPEG corpus each of 16
+processes loaded a second TensorRT engine it never used (2.8 s each, and its device
+memory; docs/benchmarks.md, the H200 start-up timeline). Loading on the first batch costs nothing
 when there is none. A model that fails to load still fails the bundle (ModelLoadError is
 systemic), on the first batch instead of at setup.
 """
