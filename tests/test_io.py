@@ -10,7 +10,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.spec import DecodeLimits
 from tests.conftest import SAMPLES
-from transforms.io import WriteDeadLetters, manifest_uri, read_jsonl, ReadImages
+from transforms.io import (AdmittedUris, WriteDeadLetters, manifest_uri, read_jsonl,
+                           ReadImages)
 from transforms.records import DEAD_LETTER
 
 
@@ -33,6 +34,27 @@ def test_read_images_dedups_and_caps(tmp_path):
                            True)]), label="images")
     assert_that(out[DEAD_LETTER] | beam.Map(lambda d: (d["uri"], d["stage"], d["error_type"])),
                 equal_to([(str(tmp_path / "big.jpg"), "read", "ImageTooLarge")]), label="dead")
+    p.run().wait_until_finish()
+
+
+def test_admitted_uris_from_a_gzip_manifest_once_each_minus_the_scored(tmp_path):
+    """A gzip manifest with CRLF lines, comments, blanks, a duplicate and no final newline;
+    a URI already in an earlier run's predictions is skipped, one only there is ignored."""
+    import gzip
+    import json
+
+    lines = ["# listed by a query", "gs://b/1.jpg", "", "gs://b/2.jpg", "gs://b/1.jpg",
+             "gs://b/3.jpg"]
+    manifest = tmp_path / "uris.txt.gz"
+    manifest.write_bytes(gzip.compress("\r\n".join(lines).encode()))
+    earlier = tmp_path / "out"
+    earlier.mkdir()
+    (earlier / "predictions-r0-00000-of-00001.jsonl").write_text(
+        "\n".join(json.dumps({"uri": u, "top_k": []}) for u in ("gs://b/2.jpg", "gs://b/9.jpg"))
+        + "\n")
+    p = TestPipeline()
+    uris = p | AdmittedUris((), str(manifest), (str(earlier),))
+    assert_that(uris, equal_to(["gs://b/1.jpg", "gs://b/3.jpg"]))
     p.run().wait_until_finish()
 
 
