@@ -149,7 +149,7 @@ class _NewOnce(beam.DoFn):
 
 class AdmittedUris(beam.PTransform):
     """Globs and/or a manifest -> each URI once, unless already scored under
-    ``skip_prefixes``: one CoGroupByKey, which also spreads the URIs across workers."""
+    ``skip_prefixes``: one GroupByKey, which also spreads the URIs across workers."""
 
     def __init__(self, patterns: Sequence[str], input_list: Optional[str],
                  skip_prefixes: Sequence[str] = ()) -> None:
@@ -191,7 +191,7 @@ class ReadImages(beam.PTransform):
     """Globs and/or a manifest -> URIs not yet scored, once each -> Item(uri, bytes).
 
     URIs listed twice (overlapping globs, a manifest listing a file twice) and URIs
-    already in the predictions under ``skip_prefixes`` are removed by one CoGroupByKey
+    already in the predictions under ``skip_prefixes`` are removed by one GroupByKey
     (``AdmittedUris``), so each image is scored once, across runs too. The shuffle also
     spreads reading across workers.
     """
