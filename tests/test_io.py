@@ -10,8 +10,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.spec import DecodeLimits
 from tests.conftest import SAMPLES
-from transforms.io import (AdmittedUris, WriteDeadLetters, manifest_uri, read_jsonl,
-                           ReadImages)
+from transforms.io import (AdmittedUris, WriteDeadLetters, any_predictions, manifest_uri,
+                           read_jsonl, ReadImages)
 from transforms.records import DEAD_LETTER
 
 
@@ -56,6 +56,33 @@ def test_admitted_uris_from_a_gzip_manifest_once_each_minus_the_scored(tmp_path)
     uris = p | AdmittedUris((), str(manifest), (str(earlier),))
     assert_that(uris, equal_to(["gs://b/1.jpg", "gs://b/3.jpg"]))
     p.run().wait_until_finish()
+
+
+def test_the_scored_side_is_left_out_when_nothing_was_scored_yet(tmp_path, monkeypatch):
+    """No predictions under any prefix when the graph is built: no Scored branch and no
+    Flatten before the shuffle (the local runner copies every URI once more for one).
+    A prefix that cannot be listed counts as having predictions."""
+    from apache_beam.io.filesystems import FileSystems
+
+    out = tmp_path / "out"
+    assert any_predictions([str(out)]) is False and any_predictions([]) is False
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    p = TestPipeline()
+    uris = p | AdmittedUris((str(tmp_path / "*.jpg"),), None, (str(out),))
+    assert_that(uris, equal_to([str(tmp_path / "a.jpg")]))
+    labels = [t.unique_name for t in p.to_runner_api().components.transforms.values()]
+    assert any("Join" in x for x in labels) and not any("Scored" in x or "Listings" in x
+                                                        for x in labels), labels
+    p.run().wait_until_finish()
+    out.mkdir()
+    (out / "predictions-r-00000-of-00001.jsonl").write_text("")
+    assert any_predictions([str(out)]) is True
+
+    def broken(*args, **kwargs):
+        raise OSError("403 Forbidden")
+
+    monkeypatch.setattr(FileSystems, "match", broken)
+    assert any_predictions([str(tmp_path / "elsewhere")]) is True
 
 
 def test_write_jsonl_roundtrip(tmp_path):
