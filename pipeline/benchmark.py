@@ -781,6 +781,8 @@ def make_parser() -> argparse.ArgumentParser:
     gp.add_argument("--cores_per_gpu", type=int, default=None,
                     help="pin each run to this many cores per GPU it uses (Dataflow's GPU "
                          "machine types scale vCPUs with GPUs); default: every core")
+    gp.add_argument("--manifest", action="store_true",
+                    help="the runs read the corpus as an --input_list (see pipeline --manifest)")
     gp.add_argument("--json", required=True)
     gp.set_defaults(fn=cmd_gpus)
     st = sub.add_parser("stages", help="per-stage ms per image of a finished run, per "

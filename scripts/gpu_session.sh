@@ -142,7 +142,7 @@ for step in "$@"; do
           --count ${CORPUS_COUNT:-10000} --output $W/corpus-imagenet$suffix > "$OUT/corpus-imagenet$suffix.json"
         python -m pipeline.benchmark gpus --engine $ENG/${GPUS_PLAN:-open_nsfw}.fp16.plan \
           --corpus $W/corpus-imagenet$suffix --corpus_name imagenet --preprocess $pre \
-          --workers_per_gpu ${wpg:-8} ${CORES_PER_GPU:+--cores_per_gpu $CORES_PER_GPU} \
+          --workers_per_gpu ${wpg:-8} ${CORES_PER_GPU:+--cores_per_gpu $CORES_PER_GPU} ${GPUS_EXTRA:-} \
           --json "$OUT/pipeline-${GPU_TAG}x$n-imagenet-$pre.json" 2>&1 | tail -8
       done ;;
     soak-gpu)     # 100k images through --preprocess gpu, RSS of every process each second
