@@ -1,0 +1,113 @@
+"""`gpus`: the same run on one GPU and on every visible GPU, with each GPU's images,
+utilisation and memory (issue "Prove a two-GPU worker")."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+from transforms.runtime.benchmark import device_name
+from pipeline.benchmark.common import _corpus_glob, _fmt, _main_command, _ratio, affinity, usable_cores
+from pipeline.benchmark.timed import _timed_child, images_by_device
+
+
+def visible_gpus() -> List[int]:
+    """NVML indices of the GPUs this process may use (CUDA_VISIBLE_DEVICES as indices)."""
+    from transforms.runtime import cuda
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([int(x) for x in visible.split(",") if x.strip().isdigit()]
+            if visible is not None else list(range(cuda.device_count())))
+    if not gpus:
+        raise SystemExit(f"benchmark gpus: expected at least one visible GPU, got none "
+                         f"(CUDA_VISIBLE_DEVICES={visible!r})")
+    return gpus
+
+
+def gpu_runs(gpus: Sequence[int], workers_per_gpu: int, cores_per_gpu: Optional[int],
+             cores: Sequence[int]) -> Dict[str, Dict[str, Any]]:
+    """The configurations `benchmark gpus` compares: one GPU, then every visible GPU, each
+    with ``workers_per_gpu`` SDK processes per GPU. With ``cores_per_gpu`` each run is
+    pinned to that many cores per GPU it uses, as Dataflow's GPU machine types scale vCPUs
+    with GPUs (a2-highgpu-1g/-2g: 12/24); a third run gives the one GPU every core, to show
+    whether the host or the GPU bounds it."""
+    runs: Dict[str, Dict[str, Any]] = {}
+    for name, use in (("one_gpu", list(gpus[:1])), ("all_gpus", list(gpus))):
+        cpus = None
+        if cores_per_gpu:
+            need = cores_per_gpu * len(use)
+            if need > len(cores):
+                raise SystemExit(f"benchmark gpus: --cores_per_gpu {cores_per_gpu} x "
+                                 f"{len(use)} GPUs needs {need} cores, expected at most "
+                                 f"{len(cores)} (this process's affinity)")
+            cpus = list(cores[:need])
+        runs[name] = {"visible": use, "workers": workers_per_gpu * len(use), "cpus": cpus}
+    if cores_per_gpu and len(gpus) > 1:
+        runs["one_gpu_all_cores"] = {"visible": list(gpus[:1]),
+                                     "workers": workers_per_gpu * len(gpus), "cpus": None}
+    return runs
+
+
+def cmd_gpus(a: argparse.Namespace) -> int:
+    """The same run on one GPU and on every visible GPU of the machine: images/s (with
+    start-up, and steady), and per GPU the images scored (bundle records), NVML
+    utilisation and memory."""
+    gpus = visible_gpus()
+    files = sorted(glob.glob(_corpus_glob(a)))
+    cores = affinity()
+    plan = gpu_runs(gpus, a.workers_per_gpu, a.cores_per_gpu, cores)
+    record: Dict[str, Any] = {
+        "corpus": a.corpus_name, "images": len(files), "batch_size": a.batch, "plan": a.engine,
+        "gpu": device_name(), "gpus": len(gpus), "cores": usable_cores(),
+        "preprocess": a.preprocess, "workers_per_gpu": a.workers_per_gpu,
+        "cores_per_gpu": a.cores_per_gpu,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
+    }
+    runs = {}
+    for name, cfg in plan.items():
+        out = tempfile.mkdtemp(prefix=f"gpus-{name}-")
+        r = _timed_child(_main_command(
+            a, "--preprocess", a.preprocess, f"--direct_num_workers={cfg['workers']}",
+            "--direct_running_mode=multi_processing", "--output", out),
+            env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, cfg["visible"]))}, devices=gpus,
+            cpus=cfg["cpus"])
+        r.update(visible=cfg["visible"], sdk_processes=cfg["workers"],
+                 images_by_device=images_by_device(out))
+        runs[name] = r
+    record["runs"] = runs
+    for name, r in runs.items():
+        record[f"{name}_images_per_s"] = r["images_per_s"]
+        record[f"{name}_steady_images_per_s"] = r.get("steady_images_per_s")
+    if len(gpus) == 2:
+        record["two_gpu_images_per_s"] = record["all_gpus_images_per_s"]
+        record["two_gpu_steady_images_per_s"] = record["all_gpus_steady_images_per_s"]
+    record["speedup"] = _ratio(record["all_gpus_images_per_s"], record["one_gpu_images_per_s"])
+    record["speedup_steady"] = _ratio(record["all_gpus_steady_images_per_s"],
+                                      record["one_gpu_steady_images_per_s"])
+    total = sum(runs["all_gpus"]["images_by_device"].values())
+    record["all_gpus_share_by_device"] = {
+        d: round(n / total, 3) for d, n in runs["all_gpus"]["images_by_device"].items()
+    } if total else {}
+    with open(a.json, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"| {a.preprocess} path, {len(files)} images | SDK processes | cores | images/s "
+          "| steady images/s | images per GPU | GPU util % per GPU | GPU MiB per GPU |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in runs.items():
+        util = {d: _fmt(g.get("gpu_util_mean"), digits=0) for d, g in r["per_gpu"].items()}
+        mem = {d: _fmt(g.get("gpu_mem_max_mib"), digits=0) for d, g in r["per_gpu"].items()}
+        print(f"| {name} ({r['visible']}) | {r['sdk_processes']} | "
+              f"{r.get('cpus', len(cores))} | {r['images_per_s']:.0f} | "
+              f"{_fmt(r.get('steady_images_per_s'), digits=0)} | {r['images_by_device']} | "
+              f"{util} | {mem} |")
+    print(f"speedup all/one: {_fmt(record['speedup'], digits=2)} end to end, "
+          f"{_fmt(record['speedup_steady'], digits=2)} steady")
+    return 0 if all(r["returncode"] == 0 for r in runs.values()) else 3
+
