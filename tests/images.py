@@ -51,15 +51,8 @@ _CHILD = textwrap.dedent("""
     from transforms.decode import decode_image
     from transforms.preprocess import preprocess
     from transforms.spec import OPEN_NSFW_SPEC as spec
+    from tests.peak_rss import peak_rss_mb
     with_preprocess = sys.argv[2] == "1"
-
-    def peak_rss_mb():
-        # this process's own peak (VmHWM); ru_maxrss also counts the forking parent's
-        try:
-            with open("/proc/self/status") as f:
-                return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
-        except (OSError, StopIteration):
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     for path in sys.argv[3:]:
         data = open(path, "rb").read()

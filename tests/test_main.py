@@ -151,24 +151,15 @@ def test_help_lists_flags(capsys):
         assert flag in text
 
 
-# The run's own peak: /proc's VmHWM belongs to the process's memory after exec. ru_maxrss
-# keeps the peak of the forking parent (Linux carries it across exec), so after a test that
-# grew pytest to 2 GB this child reported 2,156 MB it never used.
+# the run's own peak (tests/peak_rss.py says why not ru_maxrss)
 _PEAK_RSS_RUN = """
-import resource, runpy, sys
+import runpy, sys
+from tests.peak_rss import peak_rss_mb
 sys.argv = ["pipeline.main", *sys.argv[1:]]
-
-def peak_mb():
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) // 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-
 try:
     runpy.run_module("pipeline.main", run_name="__main__", alter_sys=True)
 finally:
-    print("peak_rss_mb=%d" % peak_mb(), file=sys.stderr)
+    print("peak_rss_mb=%d" % peak_rss_mb(), file=sys.stderr)
 """
 
 
