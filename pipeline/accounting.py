@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.budget import count_records
-from transforms.io import ERRORS, PREDICTIONS, file_prefix
+from transforms.io import ERRORS, PREDICTIONS, file_prefix, matching_paths
 
 EXIT_UNACCOUNTED = 4
 
@@ -75,15 +75,11 @@ class Written:
     unfinalized: Tuple[str, ...] = ()
 
 
-def _files(pattern: str) -> Tuple[str, ...]:
-    return tuple(sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list))
-
-
 def count_written(output: str, run_id: str) -> Written:
     """Records in ``<output>/predictions-<run_id>-*`` and ``errors-<run_id>-*``, and the
     files under Beam's ``beam-temp-*-<run_id>*`` folders (a finished sink removes its
     folder, so any file there was written and never finalized)."""
-    left = _files(FileSystems.join(output, f"beam-temp-*-{run_id}*") + "/*")
+    left = matching_paths(FileSystems.join(output, f"beam-temp-*-{run_id}*") + "/*")
     return Written(count_records(file_prefix(output, PREDICTIONS, run_id) + "-*"),
                    count_records(file_prefix(output, ERRORS, run_id) + "-*"), left)
 

@@ -62,11 +62,11 @@ def check_run_id_unused(output: str, run_id: str) -> None:
     """A run writes only files of its own: Beam's sinks delete same-named shards of an
     earlier run before finalizing, and the launcher counts every record under the run's
     prefix, so reusing a --run_id would overwrite or miscount an earlier run's output."""
-    from transforms.io import BUNDLES, ERRORS, PREDICTIONS, file_prefix
+    from transforms.io import BUNDLES, ERRORS, PREDICTIONS, file_prefix, matching_paths
 
     for name in (PREDICTIONS, ERRORS, BUNDLES):
         pattern = file_prefix(output, name, run_id) + "-*"
-        found = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        found = matching_paths(pattern)
         if found:
             raise ConfigError(
                 f"--run_id: expected a run id with no files under {output}, but "

@@ -7,7 +7,7 @@ them once, so a retried bundle never produces a second copy of a record.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -108,6 +108,16 @@ def scored_uris(readable: fileio.ReadableFile) -> Iterator[str]:
     yield from uris_in(readable.metadata.path)
 
 
+def predictions_patterns(prefixes: Sequence[str]) -> List[str]:
+    """``<prefix>/predictions-*`` for each prefix: every run's prediction files there."""
+    return [FileSystems.join(p, PREDICTIONS) + "-*" for p in prefixes]
+
+
+def matching_paths(pattern: str) -> Tuple[str, ...]:
+    """Every path matching ``pattern``, local or gs://, sorted (none is fine)."""
+    return tuple(sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list))
+
+
 class ScoredUris(beam.PTransform):
     """URIs already in ``<prefix>/predictions-*`` for each prefix (none is fine)."""
 
@@ -116,9 +126,8 @@ class ScoredUris(beam.PTransform):
         self._prefixes = tuple(prefixes)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        patterns = [FileSystems.join(p, PREDICTIONS) + "-*" for p in self._prefixes]
         return (pbegin
-                | "Patterns" >> beam.Create(patterns)
+                | "Patterns" >> beam.Create(predictions_patterns(self._prefixes))
                 | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
                 | "Open" >> fileio.ReadMatches()
                 | "Uris" >> beam.FlatMap(scored_uris))
@@ -127,7 +136,7 @@ class ScoredUris(beam.PTransform):
 def any_predictions(prefixes: Sequence[str]) -> bool:
     """Whether any ``<prefix>/predictions-*`` exists, when the graph is built. If the
     listing fails, say yes: the anti-join then reads the prefixes as before."""
-    patterns = [FileSystems.join(p, PREDICTIONS) + "-*" for p in prefixes]
+    patterns = predictions_patterns(prefixes)
     if not patterns:
         return False
     try:
