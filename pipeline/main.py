@@ -26,7 +26,7 @@ from pipeline.config import RunConfig
 from pipeline.options import (InferenceOptions, apply_folded_engine, config_from_options,
                               help_text, unknown_flags)
 from pipeline.preflight import preflight
-from pipeline import runner_fix, runner_shutdown, stage_timeline
+from pipeline import local_runner
 from transforms.io import BUNDLES, ERRORS, file_prefix, read_jsonl
 from transforms.metrics import percentile
 from transforms.records import METRICS_NAMESPACE
@@ -141,9 +141,7 @@ def run(argv: Optional[Sequence[str]] = None,
     p = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(p, cfg)
     startup.record("graph_built")
-    runner_fix.apply()           # Beam's local runner loses elements without it
-    runner_shutdown.apply()      # its SDK processes stopped together, not in turn
-    stage_timeline.apply()       # a stage table, when start-up is being timed
+    local_runner.prepare()
     start = time.perf_counter()
     result = p.run()
     runner = options.view_as(StandardOptions).runner or "DirectRunner"

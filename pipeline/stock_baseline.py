@@ -27,7 +27,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference import tensorrt_inference
 from apache_beam.ml.inference.base import RunInference
 
-from pipeline import runner_fix, runner_shutdown, stage_timeline
+from pipeline import local_runner
 from transforms.decode import DecodeImage
 from transforms.io import ReadImages
 from transforms.preprocess import Preprocess
@@ -85,9 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a, beam_args = p.parse_known_args(argv)
     handler = StockHandlerOnTrt86(min_batch_size=1, max_batch_size=1, engine_path=a.engine)
     limits, spec = DecodeLimits(), OPEN_NSFW_SPEC
-    runner_fix.apply()       # the same runner as ours, without its element loss
-    runner_shutdown.apply()  # its SDK processes stopped together, not in turn
-    stage_timeline.apply()   # a stage table, when start-up is being timed
+    local_runner.prepare()   # the same runner as ours
     start = time.perf_counter()
     with beam.Pipeline(argv=beam_args) as pipe:
         read = pipe | ReadImages((a.input,), None, limits, ())

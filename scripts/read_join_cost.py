@@ -28,14 +28,12 @@ def run(uris: int, use_glob: bool, workers: int, folder: str) -> Dict[str, Any]:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import runner_fix, runner_shutdown, stage_timeline
+    from pipeline import local_runner
     from transforms.io import AdmittedUris
     from transforms.runtime import startup
 
     os.environ[startup.ENV] = tempfile.mkdtemp(prefix="read-join-")
-    runner_fix.apply()
-    runner_shutdown.apply()
-    stage_timeline.apply()
+    local_runner.prepare()
     names = os.path.join(folder, "names")
     manifest = os.path.join(folder, "manifest.txt")
     if not os.path.exists(manifest):
