@@ -31,7 +31,7 @@ EXIT_NOT_WHOLE = 4
 
 def input_uris(patterns: Sequence[str], input_list: Optional[str] = None) -> List[str]:
     """Every file the globs match and the manifest names, once (as the run admits them)."""
-    from transforms.io import manifest_uri
+    from transforms.manifest import manifest_uri
 
     uris = set()
     for result in FileSystems.match(list(patterns)) if patterns else []:

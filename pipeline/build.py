@@ -17,7 +17,8 @@ from transforms.decode import DecodeImage
 from transforms.gpu_route import CPU_PATH, RouteForGpu
 from transforms.handlers.keyed import KeyedBatchHandler
 from transforms.handlers.model_handler import Loader, NumpyModelHandler
-from transforms.io import ReadImages, WriteBundleMetrics, WriteDeadLetters, WritePredictions
+from transforms.io import WriteBundleMetrics, WriteDeadLetters, WritePredictions
+from transforms.read_images import ReadImages
 from transforms.metrics import BUNDLES, BundleMetrics
 from transforms.postprocess import Postprocess
 from transforms.preprocess import Preprocess

@@ -134,7 +134,7 @@ def check_image_beam_version(image: str, launcher: str) -> None:
 
 def _manifest_is_empty(uri: str) -> bool:
     """True if the manifest names no URI; reads only up to the first one it names."""
-    from transforms.io import manifest_uri
+    from transforms.manifest import manifest_uri
 
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         for raw in f:

@@ -29,7 +29,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from pipeline import local_runner
 from transforms.decode import DecodeImage
-from transforms.io import ReadImages
+from transforms.read_images import ReadImages
 from transforms.preprocess import Preprocess
 from transforms.records import DEAD_LETTER
 from transforms.spec import OPEN_NSFW_SPEC, DecodeLimits

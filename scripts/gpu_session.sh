@@ -8,7 +8,7 @@
 #   ORT GPU path (pack with nvidia-dali-cuda130, after trt-scores under pack-trt): ort-gpu
 #   GPU preprocessing (pack-trt with nvidia-dali-cuda120 nvidia-ml-py):
 #     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads
-#   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m)
+#   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m) read-join
 #   plans between leases: plans-out (files back), plans-in (carry .plans)
 #   issue 12/11 (after `test` or `nsfw-plan`, which build open_nsfw.fp16.plan): soak-gpu
 #     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus
@@ -265,6 +265,10 @@ PY
       python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan --engine_only \
         --jpegs "$W/corpus-imagenet/imagenet-0000*.jpg" --procs 16 \
         --json "$OUT/load-contention-engine-only.json" 2>&1 | grep -vE "Warning|warn" | tail -12 ;;
+    read-join)    # the URI side alone (manifest in ranges, bucketed anti-join), on 16 SDK processes
+      trt_env
+      python scripts/read_join_cost.py --uris ${READ_JOIN_URIS:-1000000} --workers 16 \
+        --json "$OUT/read-join-cost-$GPU_TAG.json" 2>&1 | grep -vE "WARN|Warning" | tail -8 ;;
     plans-out)    # the plans and sidecars back to the launching machine (each file < 16 MiB), so
                   # a later lease on the same GPU and TensorRT skips the builds (plans-in)
       for f in $ENG/*.plan; do tar czf "$OUT/plan-$(basename $f .plan).tgz" -C $ENG "$(basename $f)" \

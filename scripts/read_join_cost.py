@@ -4,9 +4,9 @@ Why: on the H200 a 1,000,000-URI GPU-path run spent 4.4 -> 33.5 s (of 128 s) rea
 manifest and shuffling the URIs through the anti-join, before the first image was scored,
 because Beam's local runner runs one stage at a time (docs/benchmarks.md, third
 2026-11-30 session). At about 29 us per URI that caps end to end near 0.7 of the engine
-at any run size. This times exactly that part: ReadImages' URI side (the manifest or a
-glob, the CoGroupByKey against earlier predictions, the once-per-URI filter), ending in a
-count, with the runner's stage table.
+at any run size. This times exactly that part: the URI side (transforms/admitted.py: the
+manifest in byte ranges or a glob, the hash-bucketed GroupByKey against earlier
+predictions, the once-per-URI filter), ending in a count, with the runner's stage table.
 
     python scripts/read_join_cost.py --uris 300000 [--glob] [--workers 2] --json out.json
 """
@@ -29,7 +29,7 @@ def run(uris: int, use_glob: bool, workers: int, folder: str) -> Dict[str, Any]:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline import local_runner
-    from transforms.io import AdmittedUris
+    from transforms.admitted import AdmittedUris
     from transforms.runtime import startup
 
     os.environ[startup.ENV] = tempfile.mkdtemp(prefix="read-join-")
