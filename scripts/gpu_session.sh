@@ -133,7 +133,10 @@ for step in "$@"; do
                   # Start-up of the SDK processes is 25-35 s (docs/benchmarks.md, "Long runs"):
                   # for the two-GPU proof give it a long corpus (corpus step with CORPUS_LINKS).
                   # GPUS_RUNS: pre:corpus-dir-suffix:SDK-processes-per-GPU; CORES_PER_GPU pins
-                  # each run to that many cores per GPU used (and adds a one-GPU run on every core)
+                  # each run to that many cores per GPU used (and adds a one-GPU run on every core).
+                  # A corpus too long for one call: GPUS_EXTRA="--manifest --runs one_gpu", then
+                  # in the next call GPUS_EXTRA="--manifest --runs all_gpus --merge $W/<json>"
+                  # (the JSON is also kept in $W for that)
       trt_env
       n=$(nvidia-smi -L | wc -l)
       for run in ${GPUS_RUNS:-gpu::8 cpu::8}; do
@@ -143,7 +146,8 @@ for step in "$@"; do
         python -m pipeline.benchmark gpus --engine $ENG/${GPUS_PLAN:-open_nsfw}.fp16.plan \
           --corpus $W/corpus-imagenet$suffix --corpus_name imagenet --preprocess $pre \
           --workers_per_gpu ${wpg:-8} ${CORES_PER_GPU:+--cores_per_gpu $CORES_PER_GPU} ${GPUS_EXTRA:-} \
-          --json "$OUT/pipeline-${GPU_TAG}x$n-imagenet-$pre.json" 2>&1 | tail -8
+          --json "$W/pipeline-${GPU_TAG}x$n-imagenet$suffix-$pre.json" 2>&1 | tail -8
+        cp "$W/pipeline-${GPU_TAG}x$n-imagenet$suffix-$pre.json" "$OUT/"
       done ;;
     soak-gpu)     # 100k images through --preprocess gpu, RSS of every process each second
       trt_env

@@ -140,6 +140,38 @@ def test_gpu_runs_scale_processes_and_cores_with_the_gpus_used():
         gpu_runs([0, 1], 8, 16, list(range(16)))
 
 
+def test_gpus_runs_split_over_two_calls_and_merged(tmp_path):
+    """A long corpus: the one-GPU run in one device call, the two-GPU run in the next
+    with --merge; the second record carries both runs and the issue's keys. A merge of
+    another corpus or layout is refused."""
+    from pipeline.benchmark.gpus import gpu_runs, merged_runs, select_runs, summarize_runs
+
+    plan = gpu_runs([0, 1], 8, 16, list(range(32)))
+    assert list(select_runs(plan, None)) == ["one_gpu", "all_gpus", "one_gpu_all_cores"]
+    assert list(select_runs(plan, "all_gpus")) == ["all_gpus"]
+    with pytest.raises(SystemExit, match="expected a comma list of one_gpu, all_gpus"):
+        select_runs(plan, "two_gpus")
+    base = {"corpus": "imagenet", "images": 4000000, "batch_size": 32, "plan": "p.plan",
+            "gpu": "NVIDIA H200", "preprocess": "gpu", "workers_per_gpu": 16,
+            "cores_per_gpu": 16}
+    first = dict(base, runs={"one_gpu": {"images_per_s": 10000.0, "steady_images_per_s":
+                                         11000.0, "images_by_device": {"cuda:0": 4000000}}})
+    summarize_runs(first, 2)
+    assert first["one_gpu_images_per_s"] == 10000.0 and first["speedup"] is None
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(first))
+    second = dict(base)
+    runs = merged_runs(second, str(path))
+    runs["all_gpus"] = {"images_per_s": 18000.0, "steady_images_per_s": 21000.0,
+                        "images_by_device": {"cuda:0": 2000400, "cuda:1": 1999600}}
+    second["runs"] = runs
+    summarize_runs(second, 2)
+    assert second["two_gpu_images_per_s"] == 18000.0 and second["speedup"] == 1.8
+    assert second["all_gpus_share_by_device"] == {"cuda:0": 0.5, "cuda:1": 0.5}
+    with pytest.raises(SystemExit, match="images is 4000000 there; expected 1000"):
+        merged_runs(dict(base, images=1000), str(path))
+
+
 def test_pipeline_ratios_table_and_report(tmp_path, capsys):
     """The issues' bars computed from one run's figures, and several runs in one table."""
     from pipeline.benchmark import main as bench_main, ratios

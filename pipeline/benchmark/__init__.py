@@ -120,6 +120,12 @@ def make_parser() -> argparse.ArgumentParser:
                          "machine types scale vCPUs with GPUs); default: every core")
     gp.add_argument("--manifest", action="store_true",
                     help="the runs read the corpus as an --input_list (see pipeline --manifest)")
+    gp.add_argument("--runs", default=None,
+                    help="which runs: a comma list of one_gpu, all_gpus, one_gpu_all_cores "
+                         "(default all), so each run of a long corpus can take its own call")
+    gp.add_argument("--merge", default=None,
+                    help="an earlier --json of this command, same corpus and layout: its "
+                         "runs are kept beside this call's and the ratios use both")
     gp.add_argument("--json", required=True)
     gp.set_defaults(fn=cmd_gpus)
     st = sub.add_parser("stages", help="per-stage ms per image of a finished run, per "

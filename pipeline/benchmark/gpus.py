@@ -54,6 +54,57 @@ def gpu_runs(gpus: Sequence[int], workers_per_gpu: int, cores_per_gpu: Optional[
     return runs
 
 
+def select_runs(plan: Dict[str, Dict[str, Any]], names: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    """The planned runs named in ``--runs`` (a comma list; None: all of them), so the
+    one-GPU and the all-GPU runs of a long corpus can each take one device call."""
+    if not names:
+        return plan
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in plan]
+    if unknown or not wanted:
+        raise SystemExit(f"benchmark gpus: --runs {names!r}; expected a comma list of "
+                         f"{', '.join(plan)}")
+    return {n: plan[n] for n in wanted}
+
+
+MERGE_MUST_MATCH = ("corpus", "images", "batch_size", "plan", "gpu", "preprocess",
+                    "workers_per_gpu", "cores_per_gpu")
+
+
+def merged_runs(record: Dict[str, Any], path: Optional[str]) -> Dict[str, Any]:
+    """The runs of an earlier `benchmark gpus --json` of the same configuration (the other
+    half of a split measurement); a different corpus, plan or layout is refused."""
+    if not path:
+        return {}
+    with open(path) as f:
+        earlier = json.load(f)
+    for key in MERGE_MUST_MATCH:
+        if earlier.get(key) != record.get(key):
+            raise SystemExit(f"benchmark gpus --merge {path}: {key} is {earlier.get(key)!r} "
+                             f"there; expected {record.get(key)!r} as in this run")
+    return dict(earlier.get("runs", {}))
+
+
+def summarize_runs(record: Dict[str, Any], gpus: int) -> None:
+    """The top-level keys (issue 13's names) from whichever runs the record holds."""
+    runs = record["runs"]
+    for name, r in runs.items():
+        record[f"{name}_images_per_s"] = r["images_per_s"]
+        record[f"{name}_steady_images_per_s"] = r.get("steady_images_per_s")
+    if gpus == 2 and "all_gpus" in runs:
+        record["two_gpu_images_per_s"] = record["all_gpus_images_per_s"]
+        record["two_gpu_steady_images_per_s"] = record["all_gpus_steady_images_per_s"]
+    both = "all_gpus" in runs and "one_gpu" in runs
+    record["speedup"] = (_ratio(record["all_gpus_images_per_s"], record["one_gpu_images_per_s"])
+                         if both else None)
+    record["speedup_steady"] = (_ratio(record["all_gpus_steady_images_per_s"],
+                                       record["one_gpu_steady_images_per_s"]) if both else None)
+    by_device = runs.get("all_gpus", {}).get("images_by_device", {})
+    total = sum(by_device.values())
+    record["all_gpus_share_by_device"] = {
+        d: round(n / total, 3) for d, n in by_device.items()} if total else {}
+
+
 def cmd_gpus(a: argparse.Namespace) -> int:
     """The same run on one GPU and on every visible GPU of the machine: images/s (with
     start-up, and steady), and per GPU the images scored (bundle records), NVML
@@ -61,7 +112,7 @@ def cmd_gpus(a: argparse.Namespace) -> int:
     gpus = visible_gpus()
     files = sorted(glob.glob(_corpus_glob(a)))
     cores = affinity()
-    plan = gpu_runs(gpus, a.workers_per_gpu, a.cores_per_gpu, cores)
+    plan = select_runs(gpu_runs(gpus, a.workers_per_gpu, a.cores_per_gpu, cores), a.runs)
     record: Dict[str, Any] = {
         "corpus": a.corpus_name, "images": len(files), "batch_size": a.batch, "plan": a.engine,
         "gpu": device_name(), "gpus": len(gpus), "cores": usable_cores(),
@@ -70,7 +121,7 @@ def cmd_gpus(a: argparse.Namespace) -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "command": "python -m pipeline.benchmark " + " ".join(sys.argv[1:]),
     }
-    runs = {}
+    runs = merged_runs(record, a.merge)
     for name, cfg in plan.items():
         out = tempfile.mkdtemp(prefix=f"gpus-{name}-")
         r = _timed_child(_main_command(
@@ -82,19 +133,7 @@ def cmd_gpus(a: argparse.Namespace) -> int:
                  images_by_device=images_by_device(out))
         runs[name] = r
     record["runs"] = runs
-    for name, r in runs.items():
-        record[f"{name}_images_per_s"] = r["images_per_s"]
-        record[f"{name}_steady_images_per_s"] = r.get("steady_images_per_s")
-    if len(gpus) == 2:
-        record["two_gpu_images_per_s"] = record["all_gpus_images_per_s"]
-        record["two_gpu_steady_images_per_s"] = record["all_gpus_steady_images_per_s"]
-    record["speedup"] = _ratio(record["all_gpus_images_per_s"], record["one_gpu_images_per_s"])
-    record["speedup_steady"] = _ratio(record["all_gpus_steady_images_per_s"],
-                                      record["one_gpu_steady_images_per_s"])
-    total = sum(runs["all_gpus"]["images_by_device"].values())
-    record["all_gpus_share_by_device"] = {
-        d: round(n / total, 3) for d, n in runs["all_gpus"]["images_by_device"].items()
-    } if total else {}
+    summarize_runs(record, len(gpus))
     with open(a.json, "w") as f:
         json.dump(record, f, indent=2)
     print(f"| {a.preprocess} path, {len(files)} images | SDK processes | cores | images/s "
@@ -109,5 +148,5 @@ def cmd_gpus(a: argparse.Namespace) -> int:
               f"{util} | {mem} |")
     print(f"speedup all/one: {_fmt(record['speedup'], digits=2)} end to end, "
           f"{_fmt(record['speedup_steady'], digits=2)} steady")
-    return 0 if all(r["returncode"] == 0 for r in runs.values()) else 3
+    return 0 if all(runs[n]["returncode"] == 0 for n in plan) else 3
 
