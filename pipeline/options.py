@@ -140,6 +140,12 @@ class InferenceOptions(PipelineOptions):
                             "run on the GPU backend).")
         g.add_argument("--dali_threads", type=int, default=DaliOptions.threads,
                        help="DALI's CPU worker threads (parsing and the CPU share of decode).")
+        g.add_argument("--dali_max_megapixels", type=float,
+                       default=DaliOptions.max_megapixels,
+                       help="With --preprocess gpu, JPEGs larger than this take the Pillow "
+                            "path, which decodes them at a reduced DCT scale (nvJPEG decodes "
+                            "every pixel). Default: none, every decodable JPEG goes to DALI. "
+                            "Not yet measured on a GPU.")
         g.add_argument("--max_failed_fraction", type=float,
                        default=_default("max_failed_fraction"),
                        help="Fail the run (non-zero exit, after every output is written) when "
@@ -267,6 +273,7 @@ def resolve_preprocess(choice: str, backend: str, onnx_providers: Tuple[str, ...
 def _dali_options(opts) -> DaliOptions:
     try:
         return DaliOptions(hw_decoder_load=opts.dali_hw_decoder_load, threads=opts.dali_threads,
-                           pillow_resize=opts.dali_resize == "pillow")
+                           pillow_resize=opts.dali_resize == "pillow",
+                           max_megapixels=opts.dali_max_megapixels)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -96,11 +96,13 @@ for step in "$@"; do
         tests/gpu/test_dali_gpu.py 2>&1 | tee "$OUT/pytest-dali.log" | tail -25 ;;
     bench-imagenet|bench-uploads)   # issue 10's table; PIPELINE_ARGS go to all three pipelines
                                     # BENCH_SUFFIX: another corpus dir (links step); BENCH_EXTRA:
-                                    # more benchmark flags (--rows, --cpu_corpus, --gpu_pipeline_args)
+                                    # more benchmark flags (--rows, --cpu_corpus, --gpu_pipeline_args);
+                                    # BENCH_TAG: appended to the JSON's name, e.g. BENCH_TAG=-cap4
+                                    # BENCH_EXTRA="--rows gpu --gpu_pipeline_args=--dali_max_megapixels=4"
       trt_env; c=${step#bench-}
       $PIN python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
         --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c${BENCH_SUFFIX:-} --corpus_name $c \
-        --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-$GPU_TAG-$c${BENCH_SUFFIX:-}.json" ${BENCH_EXTRA:-} \
+        --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-$GPU_TAG-$c${BENCH_SUFFIX:-}${BENCH_TAG:-}.json" ${BENCH_EXTRA:-} \
         --pipeline_args ${PIPELINE_ARGS:---direct_num_workers=16 --direct_running_mode=multi_processing} \
         2>&1 | tail -30 ;;
     bench-sharing|bench-sharing-folded)  # the CPU path on all 16 cores; folded: uint8 on the wire

@@ -72,6 +72,23 @@ def test_too_small_for_a_crop_without_resize_takes_the_cpu_path():
     assert gpu_decodable(jpeg_bytes((80, 80)), spec, LIMITS)
 
 
+def test_jpegs_above_the_megapixel_cap_take_the_cpu_path():
+    """--dali_max_megapixels: the size is read from the header; at the cap it still goes
+    to DALI, above it to Pillow (which decodes at a reduced DCT scale)."""
+    at_cap, above = jpeg_bytes((1000, 500)), jpeg_bytes((1000, 501))   # 0.5 MP, just over
+    assert gpu_decodable(at_cap, OPEN_NSFW_SPEC, LIMITS, max_pixels=500_000)
+    assert not gpu_decodable(above, OPEN_NSFW_SPEC, LIMITS, max_pixels=500_000)
+    assert gpu_decodable(above, OPEN_NSFW_SPEC, LIMITS)
+    p = TestPipeline()
+    out = (p | beam.Create([Item("small.jpg", at_cap), Item("big.jpg", above)])
+           | beam.ParDo(RouteForGpu(OPEN_NSFW_SPEC, LIMITS, max_megapixels=0.5)).with_outputs(
+               DEAD_LETTER, CPU_PATH, main="gpu"))
+    assert_that(out.gpu | "g" >> beam.Map(lambda i: i.uri), equal_to(["small.jpg"]), label="g")
+    assert_that(out[CPU_PATH] | "c" >> beam.Map(lambda i: i.uri), equal_to(["big.jpg"]),
+                label="c")
+    p.run().wait_until_finish()
+
+
 def test_route_dofn_outputs():
     items = [Item("good.jpg", jpeg_bytes()), Item("a.png", (SAMPLES / "horse_rgba.png").read_bytes()),
              Item("cut.jpg", truncated_jpeg())]

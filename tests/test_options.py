@@ -78,3 +78,14 @@ def test_dali_resize_chooses_pillows_two_passes_and_nothing_else():
     assert cfg.dali.pillow_resize is True and cfg.dali.threads == 2
     with pytest.raises(SystemExit):
         _cfg(["--input", "a/*", "--output", "o", "--dali_resize", "bicubic"])
+
+
+def test_dali_max_megapixels_is_off_by_default_and_must_be_positive():
+    from transforms.spec import ConfigError
+
+    assert _cfg(["--input", "a/*", "--output", "o"]).dali.max_megapixels is None
+    cfg = _cfg(["--input", "a/*", "--output", "o", "--dali_max_megapixels", "4"])
+    assert cfg.dali.max_megapixels == 4.0
+    with pytest.raises(ConfigError, match="--dali_max_megapixels: expected a positive number, "
+                                          "got 0.0"):
+        _cfg(["--input", "a/*", "--output", "o", "--dali_max_megapixels", "0"])

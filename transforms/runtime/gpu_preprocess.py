@@ -19,7 +19,7 @@ import ctypes
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,12 +49,20 @@ class DaliOptions:
     # from max |Δ| 0.086 to 0.0066 against the CPU path (scripts/dali_vs_pillow.py, 306
     # JPEGs); off until it has run on the GPU backend.
     pillow_resize: bool = False
+    # JPEGs of more megapixels take the Pillow path, which decodes them at a reduced DCT
+    # scale (draft) while nvJPEG decodes every pixel: on the H200 the GPU path was
+    # pixel-bound at about 2 GP/s on both corpora (docs/benchmarks.md). None: every
+    # decodable JPEG goes to DALI. Not yet measured on the GPU, so off by default.
+    max_megapixels: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ValueError(f"--dali_hw_decoder_load: expected 0..1, got {self.hw_decoder_load}")
         if self.threads <= 0:
             raise ValueError(f"--dali_threads: expected a positive integer, got {self.threads}")
+        if self.max_megapixels is not None and not self.max_megapixels > 0:
+            raise ValueError(f"--dali_max_megapixels: expected a positive number, got "
+                             f"{self.max_megapixels}")
 
 
 def dali_available() -> bool:
