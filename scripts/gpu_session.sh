@@ -262,6 +262,8 @@ for i in range(total - len(photos)):
         os.link(photos[i % len(photos)], target)
 print(f"links: {dst}: {len(os.listdir(dst))} names over {len(photos)} photos in {time.time() - start:.1f} s")
 PY
+      # the source's corpus record, so steps that make a missing corpus leave this one alone
+      cp "$W/corpus-imagenet/corpus.json" "$W/corpus-imagenet${LINKS_SUFFIX:--1m}/corpus.json"
       ;;
     load-contention)  # GPU-path model load (engine + DALI) in 1, 4, 16 processes at once, by part
       trt_env; build_b64 "$OUT/build-nsfw.log"
