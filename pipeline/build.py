@@ -11,8 +11,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline.config import RunConfig
+from pipeline.local_runner import is_local
 from transforms.decode import DecodeImage
 from transforms.gpu_route import CPU_PATH, RouteForGpu
 from transforms.handlers.keyed import KeyedBatchHandler
@@ -182,7 +184,11 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
     """
     handler = handler or make_handler(cfg)
     skip = (cfg.output,) + tuple(x for x in cfg.skip_scored if x != cfg.output)
-    read = p | "ReadImages" >> ReadImages(cfg.inputs, cfg.input_list, cfg.limits, skip)
+    # Dataflow moves work between workers per shuffled key: there the admitted URIs are
+    # reshuffled one by one; Beam's local runner deals out the buckets evenly as they are
+    spread = not is_local(p.options.view_as(StandardOptions).runner or "DirectRunner")
+    read = p | "ReadImages" >> ReadImages(cfg.inputs, cfg.input_list, cfg.limits, skip,
+                                          spread)
     errors = [read[DEAD_LETTER]]
     predictions: List[Tuple[str, beam.PCollection]] = []
     if cfg.preprocess == "gpu":

@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from pipeline import runner_fix, runner_shutdown, stage_timeline
 
+LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                 "FnApiRunner", "PrismRunner")
+
+
+def is_local(runner: object) -> bool:
+    """Whether ``runner`` (a name or a runner object) is one of Beam's local runners."""
+    return str(runner).split(".")[-1] in LOCAL_RUNNERS
+
 
 def prepare() -> None:
     runner_fix.apply()           # Beam's local runner loses elements without it

@@ -27,6 +27,7 @@ from pipeline.options import (InferenceOptions, apply_folded_engine, config_from
                               help_text, unknown_flags)
 from pipeline.preflight import preflight
 from pipeline import local_runner
+from pipeline.local_runner import is_local
 from transforms.io import BUNDLES, ERRORS, file_prefix, read_jsonl
 from transforms.metrics import percentile
 from transforms.records import METRICS_NAMESPACE
@@ -35,8 +36,6 @@ from transforms.runtime.errors import InputMismatch, ModelLoadError
 from transforms.spec import ConfigError
 
 LOG = logging.getLogger("pipeline.main")
-LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
-                 "FnApiRunner", "PrismRunner")
 
 
 @dataclass(frozen=True)
@@ -117,10 +116,6 @@ def arrange_prewarm(options: PipelineOptions, cfg: RunConfig) -> bool:
         setup.beam_plugins = plugins + [prewarm.MODULE]
     options.view_as(InferenceOptions).prewarm_loader = prewarm.encode(scoring_loader(cfg))
     return True
-
-
-def is_local(runner: object) -> bool:
-    return str(runner).split(".")[-1] in LOCAL_RUNNERS
 
 
 def waits(runner: object, wait_until_finish: bool, test_pipeline: bool = False) -> bool:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.windowed_value import WindowedValue
@@ -136,3 +137,27 @@ def test_the_scored_side_is_left_out_when_nothing_was_scored_yet(tmp_path, monke
 
     monkeypatch.setattr(FileSystems, "match", broken)
     assert any_predictions([str(tmp_path / "elsewhere")]) is True
+
+
+def test_spread_reshuffles_the_admitted_uris_only_when_asked(tmp_path):
+    """spread=True (the launcher's choice off Beam's local runner): the same URIs, behind
+    a Reshuffle; the launcher asks for it by runner."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.build import build_pipeline
+    from pipeline.config import RunConfig
+
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("gs://b/1.jpg\ngs://b/2.jpg\ngs://b/1.jpg\n")
+    p = TestPipeline()
+    uris = p | AdmittedUris((), str(manifest), spread=True)
+    assert_that(uris, equal_to(["gs://b/1.jpg", "gs://b/2.jpg"]))
+    p.run().wait_until_finish()
+
+    def labels(runner):
+        q = beam.Pipeline(runner="DirectRunner", options=PipelineOptions(["--runner", runner]))
+        build_pipeline(q, RunConfig(output=str(tmp_path / "o"), input_list=str(manifest)))
+        return {t.unique_name for t in q.to_runner_api().components.transforms.values()}
+
+    assert any(x.endswith("/SpreadUris") for x in labels("DataflowRunner"))
+    assert not any("SpreadUris" in x for x in labels("DirectRunner"))

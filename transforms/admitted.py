@@ -145,10 +145,18 @@ class _AdmitOnce(beam.DoFn):
 class AdmittedUris(beam.PTransform):
     """Globs and/or a manifest -> each URI once, unless already scored under
     ``skip_prefixes``: one GroupByKey of hash buckets, which also spreads the URIs
-    across workers."""
+    across workers.
+
+    ``spread``: a Reshuffle of the admitted URIs. On Dataflow a GroupByKey's key is the
+    smallest unit of work the service can move between workers, so 1,024 buckets of a
+    100,000,000-URI job (about 100,000 images each) would leave a long tail; after the
+    Reshuffle each URI can be rebalanced on its own. Beam's local runner deals out whole
+    buckets to its processes evenly, and would pay a stage per URI for the Reshuffle, so
+    the launcher asks for it only on other runners.
+    """
 
     def __init__(self, patterns: Sequence[str], input_list: Optional[str],
-                 skip_prefixes: Sequence[str] = ()) -> None:
+                 skip_prefixes: Sequence[str] = (), spread: bool = False) -> None:
         super().__init__()
         if not patterns and not input_list:
             raise ValueError("AdmittedUris: expected at least one glob or a manifest, "
@@ -156,6 +164,7 @@ class AdmittedUris(beam.PTransform):
         self._patterns = tuple(patterns)
         self._input_list = input_list
         self._skip = tuple(skip_prefixes)
+        self._spread = spread
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         typed = Tuple[int, Listing]
@@ -178,6 +187,7 @@ class AdmittedUris(beam.PTransform):
         # Beam's local runner runs as a stage of its own) copies lists, not URIs
         listings = (sources[0] if len(sources) == 1
                     else tuple(sources) | "Listings" >> beam.Flatten())
-        return (listings
-                | "Join" >> beam.GroupByKey()
-                | "AdmitOnce" >> beam.ParDo(_AdmitOnce()))
+        admitted = (listings
+                    | "Join" >> beam.GroupByKey()
+                    | "AdmitOnce" >> beam.ParDo(_AdmitOnce()))
+        return admitted | "SpreadUris" >> beam.Reshuffle() if self._spread else admitted

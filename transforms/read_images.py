@@ -72,13 +72,14 @@ class ReadImages(beam.PTransform):
     URIs listed twice (overlapping globs, a manifest listing a file twice) and URIs
     already in the predictions under ``skip_prefixes`` are removed by one GroupByKey
     (``AdmittedUris``), so each image is scored once, across runs too. The shuffle also
-    spreads reading across workers.
+    spreads reading across workers (``spread``: per URI, see AdmittedUris).
     """
 
     def __init__(self, patterns: Sequence[str], input_list: Optional[str],
-                 limits: DecodeLimits, skip_prefixes: Sequence[str] = ()) -> None:
+                 limits: DecodeLimits, skip_prefixes: Sequence[str] = (),
+                 spread: bool = False) -> None:
         super().__init__()
-        self._uris = AdmittedUris(patterns, input_list, skip_prefixes)
+        self._uris = AdmittedUris(patterns, input_list, skip_prefixes, spread)
         self._limits = limits
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
