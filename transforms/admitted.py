@@ -147,8 +147,9 @@ class AdmittedUris(beam.PTransform):
     ``skip_prefixes``: one GroupByKey of hash buckets, which also spreads the URIs
     across workers.
 
-    ``spread``: a Reshuffle of the admitted URIs. On Dataflow a GroupByKey's key is the
-    smallest unit of work the service can move between workers, so 1,024 buckets of a
+    ``spread``: a Reshuffle of the admitted URIs. Dataflow's dynamic work rebalancing
+    "cannot reparallelize data finer than a single record" (its docs), and a bucket after
+    the GroupByKey is one record, so 1,024 buckets of a
     100,000,000-URI job (about 100,000 images each) would leave a long tail; after the
     Reshuffle each URI can be rebalanced on its own. Beam's local runner deals out whole
     buckets to its processes evenly, and would pay a stage per URI for the Reshuffle, so
