@@ -14,6 +14,10 @@ algorithms on both backends. So this splits the path in two halves and swaps eac
     G  the product's own DALI graph (gpu_preprocess.DaliPreprocessor, CPU backend), as run
     H  the same with DaliOptions(pillow_resize=True): Pillow's two-pass resize and crop
     (G and H on the GPU with --gpu: nvJPEG decode, GPU resize and distortion)
+    I  nvJPEG decode (mixed) -> Pillow resize + crop -> Pillow round-trip   (--gpu only:
+       the GPU decoder alone)
+    J  Pillow decode + resize + crop -> GPU jpeg_compression_distortion  (--gpu only: the
+       GPU round-trip alone)
 
 and scores all four with open_nsfw on ONNX Runtime (CPU). DALI's CPU decoder is
 libjpeg-turbo, as Pillow's, where the GPU path uses nvJPEG: so B bounds what the graph
@@ -117,6 +121,48 @@ class Dali:
         return self._one(self._distort, "rgb", np.ascontiguousarray(crop))
 
 
+class DaliGpu:
+    """The GPU path's decoder (mixed, the hardware share as shipped) and its GPU JPEG
+    distortion, each alone: on DALI's CPU backend neither moved a score (C and F are 0),
+    so on the GPU these two say whether nvJPEG's decode or its round-trip is the gap."""
+
+    def __init__(self) -> None:
+        from nvidia.dali import fn, pipeline_def, types
+
+        from transforms.runtime.gpu_preprocess import DaliOptions
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=0, exec_async=False,
+                      exec_pipelined=False, prefetch_queue_depth=1)
+        def decode_graph():
+            enc = fn.external_source(name="encoded", dtype=types.UINT8, batch=True)
+            return fn.decoders.image(enc, device="mixed", output_type=types.RGB,
+                                     jpeg_fancy_upsampling=True,
+                                     hw_decoder_load=DaliOptions().hw_decoder_load)
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=0, exec_async=False,
+                      exec_pipelined=False, prefetch_queue_depth=1)
+        def distort_graph():
+            img = fn.external_source(name="rgb", dtype=types.UINT8, batch=True, layout="HWC")
+            return fn.jpeg_compression_distortion(img.gpu(), quality=SPEC.jpeg_roundtrip_quality)
+
+        self._decode = decode_graph()
+        self._decode.build()
+        self._distort = distort_graph()
+        self._distort.build()
+
+    @staticmethod
+    def _one(pipe, name: str, value: np.ndarray) -> np.ndarray:
+        pipe.feed_input(name, [value])
+        (out,) = pipe.run()
+        return np.array(out.as_cpu().as_array()[0], copy=True)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return self._one(self._decode, "encoded", np.frombuffer(data, np.uint8))
+
+    def roundtrip(self, crop: np.ndarray) -> np.ndarray:
+        return self._one(self._distort, "rgb", np.ascontiguousarray(crop))
+
+
 def main(argv: List[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +188,8 @@ def main(argv: List[str] = None) -> int:
         probs = session.run(None, {name: to_tensor(rgb, SPEC)[None]})[0]
         return float(probs[0, list(SPEC.labels).index("nsfw")])
 
-    diffs: Dict[str, List[float]] = {v: [] for v in "BCDEFGH"}
+    gpu = DaliGpu() if a.gpu else None
+    diffs: Dict[str, List[float]] = {v: [] for v in "BCDEFGH" + ("IJ" if gpu else "")}
     from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor
 
     graphs = {v: DaliPreprocessor(SPEC, 1, DaliOptions(threads=1, pillow_resize=v == "H"),
@@ -166,6 +213,9 @@ def main(argv: List[str] = None) -> int:
                   "F": nsfw(pillow_roundtrip(pillow_resize_crop(dali.decode(data))))}
         for v, graph in graphs.items():
             scores[v] = nsfw_tensor(graph.to_host([np.frombuffer(data, np.uint8)])[0])
+        if gpu is not None:     # DALI's decoders apply EXIF orientation, as F shows
+            scores["I"] = nsfw(pillow_roundtrip(pillow_resize_crop(gpu.decode(data))))
+            scores["J"] = nsfw(gpu.roundtrip(pc))
         pixel["crop"].append(float(np.abs(pc.astype(int) - dc.astype(int)).mean()))
         pixel["roundtrip"].append(float(np.abs(pillow_roundtrip(pc).astype(int)
                                                - dali.roundtrip(pc).astype(int)).mean()))
@@ -184,7 +234,9 @@ def main(argv: List[str] = None) -> int:
                   "E": "Pillow decode, DALI resize+crop, Pillow round-trip",
                   "F": "DALI decode, Pillow resize+crop, Pillow round-trip",
                   "G": f"the product's DALI graph ({backend})",
-                  "H": f"the product's DALI graph with pillow_resize ({backend})"},
+                  "H": f"the product's DALI graph with pillow_resize ({backend})",
+                  **({"I": "nvJPEG decode (GPU), Pillow resize+crop, Pillow round-trip",
+                      "J": "Pillow decode+resize+crop, GPU distortion"} if gpu else {})},
               "max_abs_diff_vs_cpu_path": {v: max(d) for v, d in diffs.items()},
               "mean_abs_diff_vs_cpu_path": {v: statistics.mean(d) for v, d in diffs.items()},
               "over_0_02": {v: sum(x > 0.02 for x in d) for v, d in diffs.items()},
