@@ -76,8 +76,9 @@ class ZeroLoader:
 
 # Stage -> the entry points whose cumulative time is that stage's cost.
 STAGES = {
-    "read (match + ReadBytes)": [("transforms/io.py", "apply"), ("fileio.py", "process")],
-    "anti-join (scored URIs)": [("transforms/io.py", "process")],
+    "read (match + ReadBytes)": [("transforms/read_images.py", "apply"),
+                                 ("fileio.py", "process"), ("transforms/manifest.py", "range_uris")],
+    "anti-join (scored URIs)": [("transforms/admitted.py", "process")],
     "route (header + JPEG structure)": [("transforms/gpu_route.py", "process")],
     "decode (Pillow)": [("transforms/decode.py", "apply")],
     "preprocess (Pillow)": [("transforms/preprocess.py", "apply")],

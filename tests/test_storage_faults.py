@@ -2,7 +2,7 @@
 
 What is under test is the retry machinery the pipeline relies on, unchanged: Beam's
 GcsIO reads through google-cloud-storage, whose DEFAULT_RETRY retries 429, 5xx,
-connection resets and timeouts with exponential backoff (transforms/io.py says so at
+connection resets and timeouts with exponential backoff (transforms/read_images.py says so at
 ReadBytes). Every image must end scored exactly once, or dead-lettered with a reason.
 """
 
