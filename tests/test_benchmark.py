@@ -98,6 +98,47 @@ def test_shard_progress_measures_the_steady_rate_of_growing_shards(tmp_path):
     assert 300 < rate["steady_images_per_s"] < 1500, rate
 
 
+def test_line_counter_reads_only_appended_bytes_and_follows_finalization(tmp_path):
+    """Temp shards grow, then are finalized under a new name: counted once either way; a
+    shard that shrank is recounted; bundles-* never counts."""
+    from transforms.runtime import benchmark
+    from transforms.runtime.benchmark import LineCounter, written_lines
+
+    out = tmp_path / "out"
+    temp = out / "beam-temp-predictions-x" / "part.jsonl"
+    temp.parent.mkdir(parents=True)
+    (out / "bundles-x.jsonl").write_text("b\n" * 7)
+    counter = LineCounter()
+    temp.write_text("a\n" * 100)
+    assert counter.count(str(out)) == 100
+    reads = []
+    original = benchmark._count_lines
+    benchmark._count_lines = lambda path, offset=0: reads.append(offset) or original(path, offset)
+    try:
+        with open(temp, "a") as f:
+            f.write("a\n" * 50)
+        assert counter.count(str(out)) == 150 and reads == [200]      # from byte 200 on
+        assert counter.count(str(out)) == 150 and reads == [200]      # unchanged: no read
+    finally:
+        benchmark._count_lines = original
+    final = out / "predictions-r-00000-of-00001.jsonl"
+    temp.rename(final)
+    assert counter.count(str(out)) == 150 == written_lines(str(out))
+    final.write_text("a\n" * 3)
+    assert counter.count(str(out)) == 3
+
+
+def test_main_stage_rate_is_the_longest_stage():
+    from pipeline.benchmark.timed import main_stage_rate
+
+    summary = {"runner_stages": [{"stage": "ReadImages", "seconds": 4.7},
+                                 {"stage": "ReadImages, RouteForGpu +26", "seconds": 89.9},
+                                 {"stage": "WritePredictionsGpu", "seconds": 0.04}]}
+    assert main_stage_rate(summary, 1_000_000) == {"main_stage_s": 89.9,
+                                                   "main_stage_images_per_s": 11123.5}
+    assert main_stage_rate({}, 10) == {"main_stage_s": None, "main_stage_images_per_s": None}
+
+
 def test_timed_child_reports_the_run_and_its_first_output(tmp_path):
     from pipeline.benchmark import _timed_child
     from tests.conftest import SAMPLES
@@ -111,6 +152,7 @@ def test_timed_child_reports_the_run_and_its_first_output(tmp_path):
     # the two fixed costs: launch to first prediction, last bundle's end to exit
     assert 0 < r["first_prediction_s"] < r["process_wall_s"]
     assert 0 <= r["tail_s"] < r["process_wall_s"] - r["first_prediction_s"] + 1
+    assert r["main_stage_images_per_s"] > 0 and 0 < r["main_stage_s"] < r["process_wall_s"]
 
 
 def test_timed_child_pins_the_run_to_the_cores_it_is_given(tmp_path):

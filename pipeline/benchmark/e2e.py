@@ -81,6 +81,8 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
             record[f"{key}_images_per_s"] = runs[name]["images_per_s"]
             # the same runs without their start-up (shard growth between 10% and 90% written)
             record[f"{key}_steady_images_per_s"] = runs[name].get("steady_images_per_s")
+            # and the scoring stage's own rate, from the runner's stage table
+            record[f"{key}_main_stage_images_per_s"] = runs[name].get("main_stage_images_per_s")
     if "e2e_gpu" in runs:
         record["gpu_util_mean_gpu_path"] = runs["e2e_gpu"].get("gpu_util_mean")
     if a.pool_images and "pool" in rows:
@@ -127,8 +129,10 @@ PIPELINE_ROWS = (
     ("DALI preprocessing alone", "gpu_preprocess_images_per_s", None),
     ("end to end, --preprocess gpu", "e2e_gpu_images_per_s", "e2e_gpu"),
     ("  the same, steady (no start-up)", "e2e_gpu_steady_images_per_s", "e2e_gpu"),
+    ("  its scoring stage (runner's stage table)", "e2e_gpu_main_stage_images_per_s", "e2e_gpu"),
     ("end to end, --preprocess cpu", "e2e_cpu_images_per_s", "e2e_cpu"),
     ("  the same, steady (no start-up)", "e2e_cpu_steady_images_per_s", "e2e_cpu"),
+    ("  its scoring stage (runner's stage table)", "e2e_cpu_main_stage_images_per_s", "e2e_cpu"),
     ("CPU pool ceiling (decode + preprocess only)", "cpu_pool_ceiling_images_per_s", None),
     ("Beam's stock TensorRTEngineHandlerNumPy", "stock_beam_images_per_s", "stock_beam"),
     ("  the same, steady (no start-up)", "stock_beam_steady_images_per_s", "stock_beam"),
@@ -152,7 +156,7 @@ def pipeline_table(records: Sequence[Dict[str, Any]]) -> str:
                 continue
             if detail and detail.get("audit", {}).get("missing"):
                 cell += f" LOST {detail['audit']['missing']} images"
-            if detail and "steady" not in key and r.get(key) is not None:
+            if detail and key == f"{run}_images_per_s" and r.get(key) is not None:
                 cell += (f" (GPU {_fmt(detail.get('gpu_util_mean'), digits=0)}%, "
                          f"CPU {_fmt(detail.get('cpu_percent'), digits=0)}%)")
             if detail and "steady" in key and detail.get("first_prediction_s") is not None:

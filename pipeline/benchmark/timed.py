@@ -26,6 +26,18 @@ def start_and_tail(summary: Dict[str, Any], wall_s: float) -> Dict[str, Optional
             "tail_s": round(wall_s - last, 2) if last is not None else None}
 
 
+def main_stage_rate(summary: Dict[str, Any], images: int) -> Dict[str, Optional[float]]:
+    """Images/s of the run's longest runner stage (the one that scores, on Beam's local
+    runner), from the stage table: the steady rate without start-up, listing or tail, and
+    without sampling the shards."""
+    stages = summary.get("runner_stages") or []
+    main = max(stages, key=lambda s: s.get("seconds", 0.0), default=None)
+    if not main or not main.get("seconds") or not images:
+        return {"main_stage_s": None, "main_stage_images_per_s": None}
+    return {"main_stage_s": main["seconds"],
+            "main_stage_images_per_s": round(images / main["seconds"], 1)}
+
+
 def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
                  devices: Sequence[int] = (), cpus: Optional[Sequence[int]] = None
                  ) -> Dict[str, Any]:
@@ -70,6 +82,7 @@ def _timed_child(args: List[str], env: Optional[Dict[str, str]] = None,
         record["cpus"] = len(cpus)
     record["startup"] = startup.summarize(milestones, launched)
     record.update(start_and_tail(record["startup"], wall))
+    record.update(main_stage_rate(record["startup"], record["ok"]))
     if out:
         record["stages"] = _stages_or_error(out)
     if out and "pipeline.main" in args:
