@@ -205,10 +205,13 @@ def test_gpus_runs_split_over_two_calls_and_merged(tmp_path):
     second = dict(base)
     runs = merged_runs(second, str(path))
     runs["all_gpus"] = {"images_per_s": 18000.0, "steady_images_per_s": 21000.0,
+                        "main_stage_images_per_s": 22000.0,
                         "images_by_device": {"cuda:0": 2000400, "cuda:1": 1999600}}
+    runs["one_gpu"]["main_stage_images_per_s"] = 11000.0
     second["runs"] = runs
     summarize_runs(second, 2)
     assert second["two_gpu_images_per_s"] == 18000.0 and second["speedup"] == 1.8
+    assert second["speedup_main_stage"] == 2.0
     assert second["all_gpus_share_by_device"] == {"cuda:0": 0.5, "cuda:1": 0.5}
     with pytest.raises(SystemExit, match="images is 4000000 there; expected 1000"):
         merged_runs(dict(base, images=1000), str(path))

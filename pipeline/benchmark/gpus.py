@@ -99,6 +99,10 @@ def summarize_runs(record: Dict[str, Any], gpus: int) -> None:
                          if both else None)
     record["speedup_steady"] = (_ratio(record["all_gpus_steady_images_per_s"],
                                        record["one_gpu_steady_images_per_s"]) if both else None)
+    # the scoring stages alone (the runner's stage table): a steady ratio without sampling
+    record["speedup_main_stage"] = (_ratio(runs["all_gpus"].get("main_stage_images_per_s"),
+                                           runs["one_gpu"].get("main_stage_images_per_s"))
+                                    if both else None)
     by_device = runs.get("all_gpus", {}).get("images_by_device", {})
     total = sum(by_device.values())
     record["all_gpus_share_by_device"] = {
@@ -147,6 +151,7 @@ def cmd_gpus(a: argparse.Namespace) -> int:
               f"{_fmt(r.get('steady_images_per_s'), digits=0)} | {r['images_by_device']} | "
               f"{util} | {mem} |")
     print(f"speedup all/one: {_fmt(record['speedup'], digits=2)} end to end, "
-          f"{_fmt(record['speedup_steady'], digits=2)} steady")
+          f"{_fmt(record['speedup_steady'], digits=2)} steady, "
+          f"{_fmt(record['speedup_main_stage'], digits=2)} scoring stage")
     return 0 if all(runs[n]["returncode"] == 0 for n in plan) else 3
 
