@@ -102,7 +102,7 @@ def test_line_counter_reads_only_appended_bytes_and_follows_finalization(tmp_pat
     """Temp shards grow, then are finalized under a new name: counted once either way; a
     shard that shrank is recounted; bundles-* never counts."""
     from transforms.runtime import benchmark
-    from transforms.runtime.benchmark import LineCounter, written_lines
+    from transforms.runtime.benchmark import LineCounter
 
     out = tmp_path / "out"
     temp = out / "beam-temp-predictions-x" / "part.jsonl"
@@ -123,7 +123,7 @@ def test_line_counter_reads_only_appended_bytes_and_follows_finalization(tmp_pat
         benchmark._count_lines = original
     final = out / "predictions-r-00000-of-00001.jsonl"
     temp.rename(final)
-    assert counter.count(str(out)) == 150 == written_lines(str(out))
+    assert counter.count(str(out)) == 150 == LineCounter().count(str(out))
     final.write_text("a\n" * 3)
     assert counter.count(str(out)) == 3
 

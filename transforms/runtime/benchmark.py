@@ -285,11 +285,6 @@ class LineCounter:
         return sum(lines for _, lines in seen.values())
 
 
-def written_lines(out_dir: str) -> int:
-    """Lines already in a run's prediction and error shards, temporary or final."""
-    return LineCounter().count(out_dir)
-
-
 class ShardProgress(PeriodicSampler):
     """Samples the lines in a run's shards (``LineCounter``) every ``period_s`` in a
     thread while a run writes.
