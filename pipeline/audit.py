@@ -31,16 +31,13 @@ EXIT_NOT_WHOLE = 4
 
 def input_uris(patterns: Sequence[str], input_list: Optional[str] = None) -> List[str]:
     """Every file the globs match and the manifest names, once (as the run admits them)."""
-    from transforms.manifest import manifest_uri
+    from transforms.manifest import manifest_file_uris
 
     uris = set()
     for result in FileSystems.match(list(patterns)) if patterns else []:
         uris.update(m.path for m in result.metadata_list)
     if input_list:
-        with FileSystems.open(input_list,
-                              compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            uris.update(u for line in f.read().decode("utf-8").splitlines()
-                        if (u := manifest_uri(line)))
+        uris.update(manifest_file_uris(input_list))
     return sorted(uris)
 
 

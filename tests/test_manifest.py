@@ -12,8 +12,9 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.manifest import (ReadManifest, lines_in_range, manifest_uri, range_uris,
-                                 ranges_of, splittable_size)
+from pipeline.audit import input_uris
+from transforms.manifest import (ReadManifest, lines_in_range, manifest_file_uris, manifest_uri,
+                                 range_uris, ranges_of, splittable_size)
 
 
 def test_manifest_uri_parsing():
@@ -78,6 +79,8 @@ def test_gzip_manifest_is_streamed_by_one_reader(tmp_path):
     path.write_bytes(gzip.compress("\n".join(uris).encode()))
     assert splittable_size(str(path)) is None
     assert splittable_size(str(tmp_path / "missing.txt")) is None
+    assert list(manifest_file_uris(str(path))) == uris
+    assert input_uris((), str(path)) == ["gs://b/1.jpg", "gs://b/2.jpg"]   # audit reads alike
     p = TestPipeline()
     out = p | ReadManifest(str(path), min_bytes=4)
     assert_that(out, equal_to(uris))

@@ -42,11 +42,17 @@ def _uris(lines: Iterator[bytes]) -> Iterator[str]:
             yield uri
 
 
-def manifest_uris(readable: fileio.ReadableFile) -> Iterator[str]:
-    """Every URI of a manifest file, streamed by one reader (a gzip manifest is
-    decompressed by its extension)."""
-    with readable.open() as f:
+def manifest_file_uris(path: str) -> Iterator[str]:
+    """Every URI of the manifest at ``path``, streamed by one reader (a gzip manifest is
+    decompressed by its extension): the pipeline's own reading, which pipeline.audit
+    repeats to know a run's inputs."""
+    with FileSystems.open(path) as f:
         yield from _uris(iter(f.readline, b""))   # Beam's CompressedFile has no __iter__
+
+
+def manifest_uris(readable: fileio.ReadableFile) -> Iterator[str]:
+    """``manifest_file_uris`` of a matched file."""
+    yield from manifest_file_uris(readable.metadata.path)
 
 
 def ranges_of(path: str, size: int, min_bytes: int = MIN_RANGE_BYTES,
