@@ -74,6 +74,7 @@ def bucket_of(uri: str) -> int:
     return zlib.crc32(uri.encode("utf-8")) % BUCKETS
 
 
+@beam.typehints.with_output_types(Tuple[int, Listing])   # so Beam picks compact coders
 class _ToBuckets(beam.DoFn):
     """uri -> (bucket, (listed?, [the bundle's URIs in that bucket])).
 
@@ -168,22 +169,19 @@ class AdmittedUris(beam.PTransform):
         self._spread = spread
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        typed = Tuple[int, Listing]
         sources = []
         for i, pattern in enumerate(self._patterns):
             sources.append(
                 pbegin
                 | f"Match[{i}]" >> fileio.MatchFiles(pattern)
                 | f"Path[{i}]" >> beam.Map(lambda m: m.path)
-                | f"Buckets[{i}]" >> beam.ParDo(_ToBuckets(True)).with_output_types(typed))
+                | f"Buckets[{i}]" >> beam.ParDo(_ToBuckets(True)))
         if self._input_list:
             sources.append(pbegin | "Manifest" >> ReadManifest(self._input_list)
-                           | "ManifestBuckets" >> beam.ParDo(_ToBuckets(True))
-                           .with_output_types(typed))
+                           | "ManifestBuckets" >> beam.ParDo(_ToBuckets(True)))
         if any_predictions(self._skip):
             sources.append(pbegin | "Scored" >> ScoredUris(self._skip)
-                           | "ScoredBuckets" >> beam.ParDo(_ToBuckets(False))
-                           .with_output_types(typed))
+                           | "ScoredBuckets" >> beam.ParDo(_ToBuckets(False)))
         # each source is bucketed inside its own stage, so a Flatten of several (which
         # Beam's local runner runs as a stage of its own) copies lists, not URIs
         listings = (sources[0] if len(sources) == 1
