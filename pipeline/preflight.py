@@ -13,7 +13,6 @@ import uuid
 from typing import Dict, Optional
 
 import apache_beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   PipelineOptions, SetupOptions,
@@ -133,14 +132,15 @@ def check_image_beam_version(image: str, launcher: str) -> None:
 
 
 def _manifest_is_empty(uri: str) -> bool:
-    """True if the manifest names no URI; reads only up to the first one it names."""
-    from transforms.manifest import manifest_uri
+    """True if the manifest names no URI; reads only up to the first one it names, with
+    the pipeline's own reader (so a gzip manifest is decompressed as the run will)."""
+    from transforms.manifest import manifest_file_uris
 
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for raw in f:
-            if manifest_uri(raw.decode("utf-8", errors="replace")):
-                return False
-    return True
+    try:
+        return next(manifest_file_uris(uri), None) is None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--input_list {uri}: expected UTF-8 text, one URI per line; "
+                          f"{exc}") from exc
 
 
 def check_inputs_match(cfg: RunConfig) -> None:

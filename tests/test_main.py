@@ -245,6 +245,16 @@ def test_a_glob_that_matches_nothing_is_refused(tmp_path):
     empty_list.write_text("# nothing today\n\n")
     with pytest.raises(ConfigError, match=r"--input_list .*empty.txt names no URI"):
         run(["--input_list", str(empty_list), "--output", str(tmp_path / "o1")])
+    import gzip
+
+    empty_gz = tmp_path / "empty.txt.gz"      # read as the run reads it: decompressed
+    empty_gz.write_bytes(gzip.compress(b"# nothing today\n\n"))
+    with pytest.raises(ConfigError, match=r"--input_list .*empty.txt.gz names no URI"):
+        run(["--input_list", str(empty_gz), "--output", str(tmp_path / "o2")])
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("gs://b/caf\xe9.jpg\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"--input_list .*latin1.txt: expected UTF-8 text"):
+        run(["--input_list", str(latin), "--output", str(tmp_path / "o4")])
     allowed = run(["--input", str(tmp_path / "nonexistent" / "*.jpg"), "--input_list",
                    str(empty_list), "--allow_empty", "--output", str(tmp_path / "o0")])
     assert (allowed.ok, allowed.failed) == (0, 0)
