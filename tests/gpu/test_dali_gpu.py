@@ -236,3 +236,69 @@ def test_a_file_dali_refuses_costs_only_itself(dali, nsfw_engines, report):
     moved = max(float(np.abs(mixed[i] - clean[i]).max()) for i in good)
     report["dali_split_good_rows_max_abs_diff"] = moved
     assert moved <= 0.005, moved
+
+
+
+_EXIT_CHILD = """
+import json, sys, threading
+import numpy as np
+from transforms.runtime import cuda
+from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor
+from transforms.runtime.placement import hold_exit_device
+from transforms.spec import OPEN_NSFW_SPEC
+cuda.set_device(1)                      # what placement does for a copy on cuda:1
+if sys.argv[1] == "hold":
+    hold_exit_device(1)
+pre = DaliPreprocessor(OPEN_NSFW_SPEC, 4, DaliOptions(device_id=1))
+jpeg = np.frombuffer(open(sys.argv[2], "rb").read(), np.uint8)
+out = {}
+t = threading.Thread(target=lambda: out.setdefault("shape", pre.to_host([jpeg]).shape))
+t.start(); t.join()                     # a DoFn thread, which never set a device
+print(json.dumps({"shape": list(out["shape"])}), flush=True)
+# no close: Beam has no unload hook, so the process exits holding the model, as here
+"""
+
+
+def _gpus_held_over_life(mode: str, jpeg: Path) -> dict:
+    """Run the child, polling NVML every 10 ms for the GPUs its process holds a context on,
+    from start to exit (the exit is where a stray context appeared)."""
+    import os
+    import time
+
+    import pynvml
+
+    pynvml.nvmlInit()
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID")    # CUDA's indices are NVML's
+    child = subprocess.Popen([sys.executable, "-c", _EXIT_CHILD, mode, str(jpeg)], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    held, deadline = set(), time.monotonic() + 300
+    while child.poll() is None and time.monotonic() < deadline:
+        for i, h in enumerate(handles):
+            if any(p.pid == child.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)):
+                held.add(i)
+        time.sleep(0.01)
+    out, err = child.communicate(timeout=60)
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    return {"returncode": child.returncode, "held": sorted(held),
+            "shape": json.loads(lines[-1])["shape"] if lines else None, "stderr": err[-1500:]}
+
+
+def test_a_copy_on_cuda1_never_holds_cuda0(dali, tmp_path, report):
+    """A copy placed on the second GPU keeps to it from load to process exit: DALI built,
+    a batch from a thread that never set a device, then the exit with the model still
+    held (placement.hold_exit_device; issue 13). The same child without the exit hold is
+    run for the record."""
+    from transforms.runtime import cuda
+
+    if cuda.device_count() < 2:
+        pytest.skip(f"needs two visible GPUs (the nvidia-h200-x2 kind); "
+                    f"this machine has {cuda.device_count()}")
+    pytest.importorskip("pynvml", reason="needs nvidia-ml-py for per-GPU process lists")
+    jpeg = tmp_path / "one.jpg"
+    jpeg.write_bytes(_photos(1, seed=13)[0])
+    got = _gpus_held_over_life("hold", jpeg)
+    report["cuda1_copy_gpus_held"] = {m: _gpus_held_over_life(m, jpeg)["held"]
+                                      for m in ("no_hold",)} | {"hold": got["held"]}
+    assert got["returncode"] == 0 and got["shape"] == [1, 224, 224, 3], got
+    assert got["held"] == [1], f"the process held contexts on GPUs {got['held']}; expected [1]"

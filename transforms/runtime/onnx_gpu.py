@@ -60,7 +60,7 @@ class OnnxDaliLoader:
 
     def __call__(self) -> "OnnxDaliRunner":
         from transforms.runtime import cuda
-        from transforms.runtime.placement import choose_device
+        from transforms.runtime.placement import choose_device, hold_exit_device
 
         if not self.onnx.providers or self.onnx.providers[0] != CUDA_EP:
             raise ModelLoadError(f"--preprocess gpu with --backend onnx: expected "
@@ -68,6 +68,7 @@ class OnnxDaliLoader:
                                  f"{list(self.onnx.providers)}")
         device = choose_device(self.device)
         cuda.set_device(device)
+        hold_exit_device(device)
         runner = with_device(self.onnx, device)()
         try:
             pre = DaliPreprocessor(self.spec, self.max_batch, replace(self.dali, device_id=device))

@@ -6,10 +6,13 @@ engine. Without placement every engine lands on device 0. The counter lives in a
 file under the temp directory, guarded by an exclusive flock, so the k-th copy loaded
 on a VM goes to device k mod N whichever process loads it. ``--gpu_device N`` pins every
 copy to one device instead.
+
+The thread that ends the process matters too: see ``hold_exit_device``.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import tempfile
@@ -17,6 +20,7 @@ import threading
 from typing import Callable, Optional
 
 _LOCAL = threading.Lock()
+_exit_device: Optional[int] = None     # the device held for the process's exit, once set
 COUNTER_FILE = os.path.join(tempfile.gettempdir(), "beam-trt-inference-gpu-round-robin")
 
 
@@ -51,3 +55,34 @@ def choose_device(requested: Optional[int] = None,
                              f"got {requested}")
         return requested
     return _next_slot(counter_file or COUNTER_FILE) % visible
+
+
+def hold_exit_device(device: int, set_device: Optional[Callable[[int], None]] = None) -> bool:
+    """At exit, make ``device`` current in the thread that ends the process (the first
+    device this process placed a copy on); True if registered now.
+
+    Why: Beam has no unload hook, so a model's objects are freed as the SDK process exits,
+    in its main thread, and DALI's pools by C++ static destructors after that. That thread
+    never set a device, so its CUDA device is 0, and a free there can create a context on
+    cuda:0. On the two-H200 machine each of the 16 processes placed on cuda:1 opened about
+    500 MiB on cuda:0 in its last seconds, and on no step before (nvidia-smi every 2 s,
+    scripts/device_contexts.py; docs/benchmarks.md); the run's tail grew from 9.4 s on
+    one GPU to 21.8 s. With the placed device current there, the frees use the context
+    the process already has."""
+    global _exit_device
+    if set_device is None:
+        from transforms.runtime.cuda import set_device
+    with _LOCAL:
+        if _exit_device is not None:
+            return False
+        _exit_device = device
+    setter = set_device
+
+    def on_exit() -> None:
+        try:
+            setter(device)
+        except Exception:  # noqa: BLE001 - CUDA may be torn down already; nothing to keep
+            pass
+
+    atexit.register(on_exit)
+    return True

@@ -107,7 +107,7 @@ class TrtLoader:
 
     def __call__(self) -> "TrtRunner":
         from transforms.runtime import cuda
-        from transforms.runtime.placement import choose_device
+        from transforms.runtime.placement import choose_device, hold_exit_device
         from transforms.runtime.tensorrt.engine import trt_module, TrtEngine
 
         with startup.timed_part("import_tensorrt"):
@@ -115,6 +115,7 @@ class TrtLoader:
         with startup.timed_part("cuda_init"):
             device = choose_device(self.device)
             cuda.set_device(device)
+            hold_exit_device(device)
         with startup.timed_part("plan_read_check"):
             plan, sidecar, source = (self._from_cache(device) if self.engine_cache
                                      else self._from_uri(device))
