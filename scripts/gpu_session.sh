@@ -11,7 +11,7 @@
 #   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m) read-join
 #   plans between leases: plans-out (files back), plans-in (carry .plans)
 #   issue 12/11 (after `test` or `nsfw-plan`, which build open_nsfw.fp16.plan): soak-gpu
-#     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus
+#     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus contexts load-profile load-variants
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/btw; ENG=$W/engines; mkdir -p "$ENG"
@@ -72,7 +72,7 @@ for step in "$@"; do
           | tee -a "$OUT/pipeline.log"
       done ;;
     topo)         # what the machine is: GPUs, their links and CPU affinity, cores
-      nvidia-smi -L; nvidia-smi topo -m; nproc; free -g | head -2 ;;
+      nvidia-smi -L; nvidia-smi topo -m; nproc; lscpu | grep -E "^(Model name|Thread|Core|Socket|NUMA node)"; free -g | head -2 ;;
     corpus)       # both benchmark corpora, 10,000 photos each, generated here
                   # (CORPUS_LINKS=N adds N hard-linked names; CORPUS_SUFFIX names another dir)
       trt_env
@@ -273,6 +273,41 @@ PY
       python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan --engine_only \
         --jpegs "$W/corpus-imagenet/imagenet-0000*.jpg" --procs 16 \
         --json "$OUT/load-contention-engine-only.json" 2>&1 | grep -vE "Warning|warn" | tail -12 ;;
+    contexts)     # issue 13: which load step, or the process exit, puts a context on another
+                  # GPU (device_contexts.py: NVML per step, and polled over the child's life)
+      trt_env
+      d=$W/corpus-imagenet-500
+      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
+        --output $d > /dev/null
+      python scripts/device_contexts.py --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-*.jpg" \
+        --device $(( $(nvidia-smi -L | wc -l) - 1 )) --json "$OUT/device-contexts.json" 2>&1 \
+        | grep -E "^\||failed|rror" | tail -30 ;;
+    load-profile) # issue 13: where a GPU-path load's time goes when 16 processes per GPU load
+                  # at once (DALI's build: 1.7 s alone, 12 s in 16, 28 s in 32): py-spy with
+                  # native frames over load_contention.py's processes
+      trt_env
+      d=$W/corpus-imagenet-500
+      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
+        --output $d > /dev/null
+      n=$(( 16 * $(nvidia-smi -L | wc -l) ))
+      py-spy record --native --subprocesses --format raw --rate 50 -o "$OUT/load-profile-$n.txt" -- \
+        python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-000*.jpg" \
+        --procs $n --json "$OUT/load-contention-$n.json" 2>&1 | grep -vE "Warning|warn" | tail -14
+      gzip -f "$OUT/load-profile-$n.txt" ;;
+    load-variants) # issue 13: the same 16-per-GPU load under settings that change what DALI's
+                   # build asks of the driver (LOAD_VARIANTS: ;-separated load_contention flags)
+      trt_env
+      d=$W/corpus-imagenet-500
+      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
+        --output $d > /dev/null
+      n=$(( 16 * $(nvidia-smi -L | wc -l) ))
+      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---env CUDA_MODULE_LOADING=LAZY;--env CUDA_MODULE_LOADING=EAGER;--env DALI_USE_VMM=0;--hw_decoder_load 0}"
+      i=0
+      for v in "${variants[@]}"; do
+        i=$((i + 1)); echo "--- variant $i: $v"
+        python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-000*.jpg" \
+          --procs $n $v --json "$OUT/load-contention-$n-v$i.json" 2>&1 | grep -E "dali_build|cuda_init|load_total" 
+      done ;;
     read-join)    # the URI side alone (manifest in ranges, bucketed anti-join), on 16 SDK processes
       trt_env
       python scripts/read_join_cost.py --uris ${READ_JOIN_URIS:-1000000} --workers 16 \

@@ -78,6 +78,17 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
     return {"processes": n, "dali": dali, "failed_exitcodes": failed, "parts": parts}
 
 
+def parse_env(pairs: List[str]) -> Any:
+    """{NAME: VALUE} from NAME=VALUE strings; None if one is not of that shape."""
+    env: Dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            return None
+        env[name] = value
+    return env
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--engine", required=True, help="a plan with its sidecar")
@@ -88,8 +99,15 @@ def main() -> int:
     ap.add_argument("--dali_threads", type=int, default=None, help="DaliOptions.threads")
     ap.add_argument("--hw_decoder_load", type=float, default=None,
                     help="DaliOptions.hw_decoder_load (0: no hardware decoder to set up)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set in every loading process (e.g. CUDA_MODULE_LOADING=LAZY, "
+                         "DALI_USE_VMM=0); repeatable")
     ap.add_argument("--json")
     a = ap.parse_args()
+    env = parse_env(a.env)
+    if env is None:
+        ap.error(f"--env: expected NAME=VALUE, got {a.env!r}")
+    os.environ.update(env)                 # spawned processes inherit it
     jpegs = sorted(glob.glob(a.jpegs))[:a.batch]
     if len(jpegs) < a.batch:
         ap.error(f"--jpegs {a.jpegs!r}: expected at least {a.batch} files, got {len(jpegs)}")
@@ -106,7 +124,7 @@ def main() -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"engine": a.engine, "engine_only": a.engine_only, "batch": a.batch,
-                       "rows": rows}, f, indent=2)
+                       "env": env, "rows": rows}, f, indent=2)
     return 1 if any(r["failed_exitcodes"] for r in rows) else 0
 
 
