@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Dict, List
@@ -102,8 +103,8 @@ def watched(argv: List[str], env: Dict[str, str]) -> Dict[str, Any]:
     pynvml.nvmlInit()
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
                for i in range(pynvml.nvmlDeviceGetCount())]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    errors = tempfile.TemporaryFile(mode="w+")     # a pipe nobody reads could fill and block
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
     out: List[str] = []
     exiting: List[float] = []
 
@@ -124,8 +125,9 @@ def watched(argv: List[str], env: Dict[str, str]) -> Dict[str, Any]:
         time.sleep(0.01)
     if proc.poll() is None:
         proc.kill()
-    err = proc.stderr.read()
     proc.wait()
+    errors.seek(0)
+    err = errors.read()
     reader.join(timeout=10)
     return {"returncode": proc.returncode, "stdout": "".join(out), "stderr": err,
             "held_before_exit": sorted(before), "held_while_exiting": sorted(during),

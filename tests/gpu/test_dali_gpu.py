@@ -270,15 +270,20 @@ def _gpus_held_over_life(mode: str, jpeg: Path) -> dict:
     pynvml.nvmlInit()
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
     env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID")    # CUDA's indices are NVML's
-    child = subprocess.Popen([sys.executable, "-c", _EXIT_CHILD, mode, str(jpeg)], cwd=ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_file, err_file = jpeg.parent / f"{mode}.out", jpeg.parent / f"{mode}.err"
+    with open(out_file, "w") as out_f, open(err_file, "w") as err_f:   # files: no pipe fills
+        child = subprocess.Popen([sys.executable, "-c", _EXIT_CHILD, mode, str(jpeg)],
+                                 cwd=ROOT, env=env, stdout=out_f, stderr=err_f, text=True)
     held, deadline = set(), time.monotonic() + 300
     while child.poll() is None and time.monotonic() < deadline:
         for i, h in enumerate(handles):
             if any(p.pid == child.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)):
                 held.add(i)
         time.sleep(0.01)
-    out, err = child.communicate(timeout=60)
+    if child.poll() is None:
+        child.kill()
+    child.wait(timeout=60)
+    out, err = out_file.read_text(), err_file.read_text()
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     return {"returncode": child.returncode, "held": sorted(held),
             "shape": json.loads(lines[-1])["shape"] if lines else None, "stderr": err[-1500:]}
