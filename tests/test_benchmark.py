@@ -334,3 +334,42 @@ def test_a_run_of_millions_reads_a_manifest_written_once(tmp_path):
     a.manifest = False
     assert _main_command(a)[:4] == ["-m", "pipeline.main", "--input",
                                     str(tmp_path / "imagenet-*")]
+
+
+def test_gpu_sampler_counts_the_processes_holding_each_gpu():
+    """The sampler's per-sample reading, fed by a stand-in for NVML (no GPU here; the GPU
+    machine's `benchmark gpus` runs it on the real one): the most processes seen is
+    reported, and a GPU whose process list NVML refuses counts none rather than failing."""
+    from transforms.runtime.benchmark import GpuSampler
+
+    class FakeNvml:
+        class NVMLError(Exception):
+            pass
+
+        def __init__(self, lists):
+            self.lists = list(lists)
+
+        def nvmlDeviceGetUtilizationRates(self, handle):
+            return type("U", (), {"gpu": 50})()
+
+        def nvmlDeviceGetMemoryInfo(self, handle):
+            return type("M", (), {"used": 2 ** 30})()
+
+        def nvmlDeviceGetComputeRunningProcesses(self, handle):
+            got = self.lists.pop(0)
+            if got is None:
+                raise FakeNvml.NVMLError("not supported in this container")
+            return got
+
+    sampler = GpuSampler(device=1)
+    sampler._nvml, sampler._handle = FakeNvml([[1, 2], [1, 2, 3], None]), object()
+    for _ in range(3):
+        sampler._sample()
+    got = sampler.summary()
+    assert got["gpu_processes_max"] == 3 and got["samples"] == 3
+    assert got["gpu_mem_max_mib"] == 1024.0
+
+    hidden = GpuSampler()
+    hidden._nvml, hidden._handle = FakeNvml([None]), object()
+    hidden._sample()
+    assert hidden.summary()["gpu_processes_max"] is None

@@ -141,15 +141,17 @@ def cmd_gpus(a: argparse.Namespace) -> int:
     with open(a.json, "w") as f:
         json.dump(record, f, indent=2)
     print(f"| {a.preprocess} path, {len(files)} images | SDK processes | cores | images/s "
-          "| steady images/s | images per GPU | GPU util % per GPU | GPU MiB per GPU |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| steady images/s | images per GPU | GPU util % per GPU | GPU MiB per GPU "
+          "| processes per GPU (max) |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in runs.items():
         util = {d: _fmt(g.get("gpu_util_mean"), digits=0) for d, g in r["per_gpu"].items()}
         mem = {d: _fmt(g.get("gpu_mem_max_mib"), digits=0) for d, g in r["per_gpu"].items()}
+        procs = {d: g.get("gpu_processes_max") for d, g in r["per_gpu"].items()}
         print(f"| {name} ({r['visible']}) | {r['sdk_processes']} | "
               f"{r.get('cpus', len(cores))} | {r['images_per_s']:.0f} | "
               f"{_fmt(r.get('steady_images_per_s'), digits=0)} | {r['images_by_device']} | "
-              f"{util} | {mem} |")
+              f"{util} | {mem} | {procs} |")
     print(f"speedup all/one: {_fmt(record['speedup'], digits=2)} end to end, "
           f"{_fmt(record['speedup_steady'], digits=2)} steady, "
           f"{_fmt(record['speedup_main_stage'], digits=2)} scoring stage")

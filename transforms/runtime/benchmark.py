@@ -210,14 +210,20 @@ class PeriodicSampler:
 
 
 class GpuSampler(PeriodicSampler):
-    """Samples GPU utilisation and memory with NVML (nvidia-ml-py) every ``period_s`` in a
-    thread; ``summary()`` gives the mean and max. Without NVML it reports nothing."""
+    """Samples GPU utilisation, memory and the processes holding a context on the GPU with
+    NVML (nvidia-ml-py) every ``period_s`` in a thread; ``summary()`` gives the mean and
+    max. Without NVML it reports nothing.
+
+    Why the processes: on two GPUs, each SDK process placed on the second also opened a
+    context on the first as it exited (docs/benchmarks.md, issue 13); the most processes
+    seen on a GPU against the SDK processes placed there shows that in every run."""
 
     def __init__(self, device: int = 0, period_s: float = 0.05) -> None:
         super().__init__(period_s)
         self._device = device
         self._util: List[float] = []
         self._mem: List[float] = []
+        self._procs: List[int] = []
 
     def _setup(self) -> None:
         import pynvml
@@ -229,13 +235,18 @@ class GpuSampler(PeriodicSampler):
     def _sample(self) -> None:
         self._util.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
         self._mem.append(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20)
+        try:     # a container may hide other processes from NVML: then none are counted
+            self._procs.append(len(self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)))
+        except self._nvml.NVMLError:
+            pass
 
     def summary(self) -> Dict[str, Any]:
         if not self._util:
             return {"gpu_util_mean": None, "gpu_util_max": None, "gpu_mem_max_mib": None,
-                    "nvml_error": self.error}
+                    "gpu_processes_max": None, "nvml_error": self.error}
         return {"gpu_util_mean": statistics.mean(self._util), "gpu_util_max": max(self._util),
-                "gpu_mem_max_mib": max(self._mem), "samples": len(self._util)}
+                "gpu_mem_max_mib": max(self._mem), "samples": len(self._util),
+                "gpu_processes_max": max(self._procs) if self._procs else None}
 
 
 def _is_record_shard(path: str) -> bool:
