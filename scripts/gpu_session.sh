@@ -301,12 +301,14 @@ PY
       [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
         --output $d > /dev/null
       n=$(( 16 * $(nvidia-smi -L | wc -l) ))
-      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---env CUDA_MODULE_LOADING=LAZY;--env CUDA_MODULE_LOADING=EAGER;--env DALI_USE_VMM=0;--hw_decoder_load 0}"
+      # first: 16 processes over every GPU (8 each with two), against 16 on one GPU and
+      # 32 over two: per GPU or per host? then settings at 16 per GPU
+      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---procs 16;--procs $n --env CUDA_MODULE_LOADING=LAZY;--procs $n --env CUDA_MODULE_LOADING=EAGER;--procs $n --env DALI_USE_VMM=0;--procs $n --hw_decoder_load 0}"
       i=0
       for v in "${variants[@]}"; do
         i=$((i + 1)); echo "--- variant $i: $v"
         python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-000*.jpg" \
-          --procs $n $v --json "$OUT/load-contention-$n-v$i.json" 2>&1 | grep -E "dali_build|cuda_init|load_total" 
+          $v --json "$OUT/load-contention-v$i.json" 2>&1 | grep -E "dali_build|cuda_init|load_total|cores busy"
       done ;;
     read-join)    # the URI side alone (manifest in ranges, bucketed anti-join), on 16 SDK processes
       trt_env

@@ -18,6 +18,7 @@ import glob
 import json
 import multiprocessing as mp
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -69,13 +70,22 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
     procs = [ctx.Process(target=_load, args=(a.engine, jpegs, a.engine_only, barrier, folder,
                                              dali))
              for _ in range(n)]
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     for p in procs:
         p.start()
     for p in procs:
         p.join()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     failed = [p.exitcode for p in procs if p.exitcode]
     parts = startup.summarize(folder).get("load_parts_s", {})
-    return {"processes": n, "dali": dali, "failed_exitcodes": failed, "parts": parts}
+    # CPU time of all N against the wall: near the usable cores means the loads are bound
+    # by the host's cores, far below means they wait (a lock, the driver, the GPU)
+    return {"processes": n, "dali": dali, "failed_exitcodes": failed, "parts": parts,
+            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "cores_busy": round(cpu / wall, 1) if wall > 0 else None,
+            "usable_cores": len(os.sched_getaffinity(0))}
 
 
 def parse_env(pairs: List[str]) -> Any:
@@ -121,6 +131,9 @@ def main() -> int:
         cells = [f"{r['parts'][name]['median']:.2f} / {r['parts'][name]['max']:.2f}"
                  if name in r["parts"] else "–" for r in rows]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print("| wall s / CPU s / cores busy (of usable) | " + " | ".join(
+        f"{r['wall_s']:.1f} / {r['cpu_s']:.1f} / {r['cores_busy']} ({r['usable_cores']})"
+        for r in rows) + " |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"engine": a.engine, "engine_only": a.engine_only, "batch": a.batch,
