@@ -116,7 +116,7 @@ def main() -> int:
                    "runs_with_loss": sum(r["mode"] == m and r["lost"] > 0 for r in rows),
                    "images_lost": sum(r["lost"] for r in rows if r["mode"] == m)}
                for m in ("nofix", "fix")}
-    print(f"\n| runner | runs | runs that lost images | images lost |\n| --- | --- | --- | --- |")
+    print("\n| runner | runs | runs that lost images | images lost |\n| --- | --- | --- | --- |")
     for m, s in summary.items():
         label = "Beam as shipped" if m == "nofix" else "with pipeline/runner_fix.py"
         print(f"| {label} | {s['runs']} | {s['runs_with_loss']} | {s['images_lost']} |")
