@@ -104,7 +104,7 @@ def test_records_lost_in_the_sink_fail_the_run_even_though_the_counters_balance(
 
 
 def test_written_counts_match_a_whole_run_and_name_unfinalized_temp_files(tmp_path):
-    from pipeline.accounting import Written, check_written, count_written
+    from pipeline.accounting import check_written, count_written
     from pipeline.main import run
 
     out = tmp_path / "out"

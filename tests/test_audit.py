@@ -50,4 +50,4 @@ def test_missing_twice_and_foreign_uris_are_named(tmp_path, capsys):
     assert report["written_more_than_once_examples"] == [json.loads(lines[1])["uri"]]
     assert report["not_an_input_examples"] == ["/elsewhere/x.jpg"]
     assert main(["--input", str(images / "*"), "--output", str(out)]) == 4
-    assert f"missing: " in capsys.readouterr().err
+    assert "missing: " in capsys.readouterr().err
