@@ -46,6 +46,11 @@ def _corpus_glob(a: argparse.Namespace) -> str:
     return os.path.join(a.corpus, f"{a.corpus_name}-*")
 
 
+def _corpus_files(a: argparse.Namespace) -> List[str]:
+    """The corpus's images, sorted: what a run over the corpus scores."""
+    return sorted(glob.glob(_corpus_glob(a)))
+
+
 def _unique_files(a: argparse.Namespace) -> List[str]:
     """The corpus's generated photos without the hard links of ``make_corpus --links``
     (<corpus_name>-lNNNNNNN.*): what DALI alone and the CPU pool ceiling are timed on."""
@@ -59,7 +64,7 @@ def _manifest(a: argparse.Namespace) -> str:
     path = os.path.join(a.corpus, "manifest.txt")
     if not os.path.exists(path):
         with open(path + ".tmp", "w") as f:
-            f.writelines(uri + "\n" for uri in sorted(glob.glob(_corpus_glob(a))))
+            f.writelines(uri + "\n" for uri in _corpus_files(a))
         os.replace(path + ".tmp", path)
     return path
 

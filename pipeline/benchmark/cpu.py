@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import glob
 import json
 import sys
 import tempfile
@@ -13,7 +12,7 @@ import time
 from typing import Any, Dict, List
 
 from transforms.runtime.benchmark import device_name
-from pipeline.benchmark.common import _corpus_glob, _fmt, _main_command, usable_cores
+from pipeline.benchmark.common import _corpus_files, _fmt, _main_command, usable_cores
 from pipeline.benchmark.timed import _timed_child
 
 
@@ -45,7 +44,7 @@ def cmd_sharing(a: argparse.Namespace) -> int:
     ceiling of the same decode code; GPU memory per process from NVML."""
     from transforms.runtime.benchmark import GpuSampler
 
-    files = sorted(glob.glob(_corpus_glob(a)))
+    files = _corpus_files(a)
     n = a.workers
     with GpuSampler() as idle:
         time.sleep(1.0)

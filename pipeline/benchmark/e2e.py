@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import glob
 import json
 import sys
 import tempfile
@@ -14,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from transforms.runtime.benchmark import bench_tensorrt, device_name
-from pipeline.benchmark.common import _corpus_glob, _fmt, _load_records, _main_command, _ratio, _unique_files, usable_cores
+from pipeline.benchmark.common import _corpus_files, _corpus_glob, _fmt, _load_records, _main_command, _ratio, _unique_files, usable_cores
 from pipeline.benchmark.cpu import pool_ceiling
 from pipeline.benchmark.timed import _timed_child
 
@@ -31,7 +30,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     rows = set(a.rows.split(","))
     if not rows <= set(ROWS):
         raise SystemExit(f"--rows {a.rows!r}: expected a comma list of {ROWS}")
-    files = sorted(glob.glob(_corpus_glob(a)))
+    files = _corpus_files(a)
     unique = _unique_files(a)
     gpu_name = device_name()
     record: Dict[str, Any] = {
@@ -59,7 +58,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     slow = argparse.Namespace(**{**vars(a), "corpus": a.cpu_corpus or a.corpus})
     if a.cpu_corpus:
         record["cpu_rows_corpus_dir"] = a.cpu_corpus
-        record["cpu_rows_images"] = len(glob.glob(_corpus_glob(slow)))
+        record["cpu_rows_images"] = len(_corpus_files(slow))
     runs = {}
     for name, extra, corpus in (("e2e_gpu", ["--preprocess", "gpu", *a.gpu_pipeline_args.split()],
                                  a), ("e2e_cpu", ["--preprocess", "cpu"], slow)):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import glob
 import json
 import os
 import sys
@@ -13,7 +12,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from transforms.runtime.benchmark import device_name
-from pipeline.benchmark.common import _corpus_glob, _fmt, _main_command, _ratio, affinity, usable_cores
+from pipeline.benchmark.common import _corpus_files, _fmt, _main_command, _ratio, affinity, usable_cores
 from pipeline.benchmark.timed import _timed_child, images_by_device
 
 
@@ -114,7 +113,7 @@ def cmd_gpus(a: argparse.Namespace) -> int:
     start-up, and steady), and per GPU the images scored (bundle records), NVML
     utilisation and memory."""
     gpus = visible_gpus()
-    files = sorted(glob.glob(_corpus_glob(a)))
+    files = _corpus_files(a)
     cores = affinity()
     plan = select_runs(gpu_runs(gpus, a.workers_per_gpu, a.cores_per_gpu, cores), a.runs)
     record: Dict[str, Any] = {
