@@ -36,16 +36,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def contexts() -> Dict[str, float]:
-    """{NVML index: MiB} of every GPU holding a context of this process."""
+def nvml_handles() -> List[Any]:
+    """Every GPU's NVML handle, NVML's order (with CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA's)."""
     import pynvml
 
     pynvml.nvmlInit()
+    return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+
+
+def held_mib(pid: int, handles: List[Any]) -> Dict[str, float]:
+    """{NVML index: MiB} of every GPU holding a context of process ``pid``."""
+    import pynvml
+
     out: Dict[str, float] = {}
-    for i in range(pynvml.nvmlDeviceGetCount()):
-        handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+    for i, handle in enumerate(handles):
         for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if p.pid == os.getpid():
+            if p.pid == pid:
                 out[str(i)] = round((p.usedGpuMemory or 0) / 2**20, 1)
     return out
 
@@ -53,12 +59,13 @@ def contexts() -> Dict[str, float]:
 def child(engine: str, jpegs: List[str], device: int, variant: str) -> Dict[str, Any]:
     """The load's steps, each timed, with the contexts after it."""
     steps: List[Dict[str, Any]] = []
+    handles = nvml_handles()
 
     def step(name: str, fn) -> Any:
         start = time.perf_counter()
         value = fn()
         steps.append({"step": name, "s": round(time.perf_counter() - start, 3),
-                      "contexts_mib": contexts()})
+                      "contexts_mib": held_mib(os.getpid(), handles)})
         return value
 
     import numpy as np
@@ -98,11 +105,7 @@ def child(engine: str, jpegs: List[str], device: int, variant: str) -> Dict[str,
 def watched(argv: List[str], env: Dict[str, str]) -> Dict[str, Any]:
     """Run ``argv``, polling NVML every 10 ms for the GPUs its process holds a context on:
     before its result line, and from that line (its exit) to its end."""
-    import pynvml
-
-    pynvml.nvmlInit()
-    handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
-               for i in range(pynvml.nvmlDeviceGetCount())]
+    handles = nvml_handles()
     errors = tempfile.TemporaryFile(mode="w+")     # a pipe nobody reads could fill and block
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
     out: List[str] = []
@@ -119,9 +122,8 @@ def watched(argv: List[str], env: Dict[str, str]) -> Dict[str, Any]:
     before, during = set(), set()
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
-        for i, h in enumerate(handles):
-            if any(p.pid == proc.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)):
-                (during if exiting else before).add(i)
+        held = {int(i) for i in held_mib(proc.pid, handles)}
+        (during if exiting else before).update(held)
         time.sleep(0.01)
     if proc.poll() is None:
         proc.kill()

@@ -31,6 +31,13 @@ build_b64() {
   [ -f $ENG/nsfw-b64.fp16.plan ] || python $BUILD --onnx "$(nsfw_onnx)" --output $ENG/nsfw-b64.fp16.plan \
     --fp16 --opt_batch 32 --max_batch 64 2>&1 | tail -2 | tee "$1"
 }
+# 500 imagenet photos for the load and agreement steps, made once (prints the folder)
+corpus_500() {
+  local d=$W/corpus-imagenet-500
+  [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
+    --output $d > /dev/null
+  echo $d
+}
 # PIN="taskset -c 0-15" and CUDA_VISIBLE_DEVICES=0 give the single-GPU rows one GPU and 16
 # cores on a larger machine; empty by default
 PIN=${PIN:-}
@@ -238,9 +245,7 @@ PY
     dali-agree)   # the product's DALI graph on the GPU, dali and pillow resize, against the
                   # CPU path, scored by open_nsfw on ONNX Runtime (CPU): 500 imagenet photos
       trt_env
-      d=$W/corpus-imagenet-500
-      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
-        --output $d > /dev/null
+      d=$(corpus_500)
       python scripts/dali_vs_pillow.py "$d/imagenet-*.jpg" samples/*.jpg --gpu \
         --json "$OUT/dali-vs-pillow-gpu.json" 2>&1 | grep -E "^\||mean pixel" | tee "$OUT/dali-agree.log" ;;
     links)        # LINKS_TOTAL distinct URIs over the imagenet corpus's photos, hard links in
@@ -276,9 +281,7 @@ PY
     contexts)     # issue 13: which load step, or the process exit, puts a context on another
                   # GPU (device_contexts.py: NVML per step, and polled over the child's life)
       trt_env
-      d=$W/corpus-imagenet-500
-      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
-        --output $d > /dev/null
+      d=$(corpus_500)
       python scripts/device_contexts.py --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-*.jpg" \
         --device $(( $(nvidia-smi -L | wc -l) - 1 )) --json "$OUT/device-contexts.json" 2>&1 \
         | grep -E "^\||failed|rror" | tail -30 ;;
@@ -286,9 +289,7 @@ PY
                   # at once (DALI's build: 1.7 s alone, 12 s in 16, 28 s in 32): py-spy with
                   # native frames over load_contention.py's processes
       trt_env
-      d=$W/corpus-imagenet-500
-      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
-        --output $d > /dev/null
+      d=$(corpus_500)
       n=$(( 16 * $(nvidia-smi -L | wc -l) ))
       py-spy record --native --subprocesses --format raw --rate 50 -o "$OUT/load-profile-$n.txt" -- \
         python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-000*.jpg" \
@@ -297,9 +298,7 @@ PY
     load-variants) # issue 13: the same 16-per-GPU load under settings that change what DALI's
                    # build asks of the driver (LOAD_VARIANTS: ;-separated load_contention flags)
       trt_env
-      d=$W/corpus-imagenet-500
-      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile imagenet --count 500 \
-        --output $d > /dev/null
+      d=$(corpus_500)
       n=$(( 16 * $(nvidia-smi -L | wc -l) ))
       # first: 16 processes over every GPU (8 each with two), against 16 on one GPU and
       # 32 over two: per GPU or per host? then settings at 16 per GPU

@@ -22,7 +22,7 @@ import resource
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -88,7 +88,7 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
             "usable_cores": len(os.sched_getaffinity(0))}
 
 
-def parse_env(pairs: List[str]) -> Any:
+def parse_env(pairs: List[str]) -> Optional[Dict[str, str]]:
     """{NAME: VALUE} from NAME=VALUE strings; None if one is not of that shape."""
     env: Dict[str, str] = {}
     for pair in pairs:

@@ -260,33 +260,22 @@ print(json.dumps({"shape": list(out["shape"])}), flush=True)
 
 
 def _gpus_held_over_life(mode: str, jpeg: Path) -> dict:
-    """Run the child, polling NVML every 10 ms for the GPUs its process holds a context on,
-    from start to exit (the exit is where a stray context appeared)."""
+    """Run the child while scripts/device_contexts.py's watcher polls NVML every 10 ms for
+    the GPUs its process holds a context on, from start to exit (the exit is where a stray
+    context appeared)."""
     import os
-    import time
 
-    import pynvml
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import device_contexts
 
-    pynvml.nvmlInit()
-    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
     env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID")    # CUDA's indices are NVML's
-    out_file, err_file = jpeg.parent / f"{mode}.out", jpeg.parent / f"{mode}.err"
-    with open(out_file, "w") as out_f, open(err_file, "w") as err_f:   # files: no pipe fills
-        child = subprocess.Popen([sys.executable, "-c", _EXIT_CHILD, mode, str(jpeg)],
-                                 cwd=ROOT, env=env, stdout=out_f, stderr=err_f, text=True)
-    held, deadline = set(), time.monotonic() + 300
-    while child.poll() is None and time.monotonic() < deadline:
-        for i, h in enumerate(handles):
-            if any(p.pid == child.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)):
-                held.add(i)
-        time.sleep(0.01)
-    if child.poll() is None:
-        child.kill()
-    child.wait(timeout=60)
-    out, err = out_file.read_text(), err_file.read_text()
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    return {"returncode": child.returncode, "held": sorted(held),
-            "shape": json.loads(lines[-1])["shape"] if lines else None, "stderr": err[-1500:]}
+    done = device_contexts.watched([sys.executable, "-c", _EXIT_CHILD, mode, str(jpeg)],
+                                   dict(env, PYTHONPATH=str(ROOT)))
+    lines = [ln for ln in done["stdout"].splitlines() if ln.startswith("{")]
+    return {"returncode": done["returncode"],
+            "held": sorted(set(done["held_before_exit"]) | set(done["held_while_exiting"])),
+            "shape": json.loads(lines[-1])["shape"] if lines else None,
+            "stderr": done["stderr"][-1500:]}
 
 
 def test_a_copy_on_cuda1_never_holds_cuda0(dali, tmp_path, report):

@@ -76,11 +76,10 @@ def hold_exit_device(device: int, set_device: Optional[Callable[[int], None]] = 
         if _exit_device is not None:
             return False
         _exit_device = device
-    setter = set_device
 
     def on_exit() -> None:
         try:
-            setter(device)
+            set_device(device)
         except Exception:  # noqa: BLE001 - CUDA may be torn down already; nothing to keep
             pass
 
