@@ -300,9 +300,10 @@ PY
       trt_env
       d=$(corpus_500)
       n=$(( 16 * $(nvidia-smi -L | wc -l) ))
-      # first: 16 processes over every GPU (8 each with two), against 16 on one GPU and
-      # 32 over two: per GPU or per host? then settings at 16 per GPU
-      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---procs 16;--procs $n --env CUDA_MODULE_LOADING=LAZY;--procs $n --env CUDA_MODULE_LOADING=EAGER;--procs $n --env DALI_USE_VMM=0;--procs $n --hw_decoder_load 0}"
+      # 16 per GPU as is; NVML held by the process (DALI's init/shutdown pairs cheap);
+      # DALI without NVML (no hardware decoder then); no hardware decoder; 16 over every
+      # GPU (per GPU or per host?); CUDA's module loading; DALI without virtual memory
+      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---procs $n;--procs $n --hold_nvml;--procs $n --env DALI_DISABLE_NVML=1;--procs $n --hw_decoder_load 0;--procs 16;--procs $n --env CUDA_MODULE_LOADING=EAGER;--procs $n --env DALI_USE_VMM=0}"
       i=0
       for v in "${variants[@]}"; do
         i=$((i + 1)); echo "--- variant $i: $v"
