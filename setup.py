@@ -32,10 +32,12 @@ setup(
     ],
     extras_require={
         "gpu": ["onnxruntime-gpu>=1.17"],
-        "tensorrt": ["tensorrt>=8.6", "cuda-python>=12.6"],
+        # nvidia-ml-py: how many GPUs a worker has, asked before CUDA starts, so that each
+        # SDK process can be narrowed to its own GPU (transforms/runtime/placement.py)
+        "tensorrt": ["tensorrt>=8.6", "cuda-python>=12.6", "nvidia-ml-py>=12.535"],
         # --preprocess gpu: DALI decodes and preprocesses on the GPU (CUDA 12 build; use
         # nvidia-dali-cuda130 on CUDA 13). 2.4.0 is the version the GPU tests ran.
-        "dali": ["nvidia-dali-cuda120==2.4.0"],
+        "dali": ["nvidia-dali-cuda120==2.4.0", "nvidia-ml-py>=12.535"],
         "bench": ["matplotlib>=3.7"],
         "test": ["pytest>=7.4", "gcp-storage-emulator>=2024.8.3", "onnx>=1.15", "build>=1.0",
                  "setuptools>=68",  # the Dataflow dry run builds an sdist; 3.12 venvs lack it

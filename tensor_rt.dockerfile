@@ -42,7 +42,7 @@ RUN test "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "
     && pip install . \
     && pip uninstall -y onnxruntime \
     && pip install --force-reinstall --no-deps onnxruntime-gpu==1.22.0 \
-    && pip install cuda-python==12.8.0 \
+    && pip install cuda-python==12.8.0 nvidia-ml-py==13.580.82 \
     && pip install nvidia-dali-cuda120==2.4.0 \
     && python3 -c "import nvidia.dali as d; print('DALI', d.__version__)" \
     && python3 -c "import apache_beam as b; import sys; sys.exit(b.__version__ != '${BEAM_VERSION}')" \

@@ -40,6 +40,13 @@ def onnx_loader(cfg: RunConfig, providers: Optional[Tuple[str, ...]] = None) -> 
                       example_shape=spec.input_shape(1)[1:])
 
 
+def one_copy_per_process(cfg: RunConfig) -> bool:
+    """Whether each SDK process holds its own model copy, so that it can be narrowed to
+    that copy's GPU (transforms/runtime/placement.place). With --model_copies Beam loads
+    every copy in one shared process, which must keep every GPU in view."""
+    return cfg.model_copies is None
+
+
 def make_loader(cfg: RunConfig) -> Loader:
     """The runner's loader for the configured backend (GPU libraries load lazily, on the
     worker, inside the loader's call)."""
@@ -50,7 +57,8 @@ def make_loader(cfg: RunConfig) -> Loader:
             onnx_uri=cfg.model if cfg.engine_cache else None, precision=cfg.trt_precision,
             profile=cfg.trt_profile, optimization_level=cfg.trt_optimization_level,
             input_name=spec.input_name, input_dtype=spec.input_dtype,
-            example_shape=spec.input_shape(1)[1:], device=cfg.gpu_device)
+            example_shape=spec.input_shape(1)[1:], device=cfg.gpu_device,
+            confine=one_copy_per_process(cfg))
     return onnx_loader(cfg)
 
 
@@ -60,7 +68,7 @@ def make_gpu_loader(cfg: RunConfig) -> Loader:
         return TrtDaliLoader(make_loader(cfg), cfg.spec, cfg.dali)
     return OnnxDaliLoader(onnx_loader(cfg), cfg.spec, cfg.dali,
                           max_batch=cfg.max_batch_size or DEFAULT_MAX_BATCH,
-                          device=cfg.gpu_device)
+                          device=cfg.gpu_device, confine=one_copy_per_process(cfg))
 
 
 def scoring_loader(cfg: RunConfig) -> Loader:

@@ -76,3 +76,82 @@ def test_exit_hook_survives_a_torn_down_cuda(monkeypatch):
 
     placement.hold_exit_device(1, set_device=unloading)
     assert registered[0]() is None and tried == [1]
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """placement's per-process state as in a process that has placed nothing yet."""
+    import transforms.runtime.placement as placement
+
+    monkeypatch.setattr(placement, "_confined", None)
+    return placement
+
+
+SDK_ENV = {"CONTROL_API_SERVICE_DESCRIPTOR": "url: 'localhost:1'"}
+
+
+def test_an_sdk_process_is_narrowed_to_its_gpu(fresh_process, tmp_path):
+    """In an SDK process before CUDA starts, the copy's GPU becomes the only visible one:
+    CUDA calls use index 0, records keep the worker's name for the GPU."""
+    counter = str(tmp_path / "rr")
+    envs = [dict(SDK_ENV) for _ in range(2)]
+    got = []
+    for env in envs:                      # two SDK processes: a fresh state for each
+        fresh_process._confined = None
+        got.append(fresh_process.place(None, env=env, started=lambda: False,
+                                       visible=lambda: ["0", "1"], counter_file=counter))
+    assert [(p.device, p.cuda_index, p.confined) for p in got] == [(0, 0, True), (1, 0, True)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"]
+
+
+def test_a_narrowed_process_keeps_its_gpu_for_later_copies(fresh_process, tmp_path):
+    env = dict(SDK_ENV, CUDA_VISIBLE_DEVICES="GPU-aaa,GPU-bbb")
+    kw = dict(env=env, started=lambda: False, counter_file=str(tmp_path / "rr"))
+    first = fresh_process.place(1, **kw)
+    assert (first.device, first.cuda_index, env["CUDA_VISIBLE_DEVICES"]) == (1, 0, "GPU-bbb")
+    assert fresh_process.place(None, **kw) == first
+    with pytest.raises(ValueError, match=r"narrowed to GPU 1 \(CUDA_VISIBLE_DEVICES=GPU-bbb\); "
+                                         r"expected 1, got 0"):
+        fresh_process.place(0, **kw)
+
+
+@pytest.mark.parametrize("case", ["not an SDK process", "CUDA started", "GPUs unknown",
+                                  "model_copies"])
+def test_no_narrowing_where_it_is_unsafe(fresh_process, tmp_path, case):
+    """The launcher, tests and scripts, a process where CUDA already started, MIG or no
+    NVML, and one process holding several copies: placed as before, the environment kept."""
+    env = {} if case == "not an SDK process" else dict(SDK_ENV)
+    got = fresh_process.place(
+        None, confine=case != "model_copies", env=env, started=lambda: case == "CUDA started",
+        visible=lambda: None if case == "GPUs unknown" else ["0", "1"], count=lambda: 2,
+        counter_file=str(tmp_path / "rr"))
+    assert (got.device, got.cuda_index, got.confined) == (0, 0, False)
+    assert "CUDA_VISIBLE_DEVICES" not in env
+    assert fresh_process._confined is None
+
+
+def test_visible_gpus_are_found_without_starting_cuda():
+    from transforms.runtime.placement import visible_without_cuda
+
+    assert visible_without_cuda({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+    assert visible_without_cuda({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert visible_without_cuda({"CUDA_VISIBLE_DEVICES": "MIG-1234"}) is None
+    assert visible_without_cuda({}, nvml_count=lambda: 2) == ["0", "1"]
+    assert visible_without_cuda({}, nvml_count=lambda: None) is None
+
+
+def test_asking_whether_cuda_started_does_not_start_it():
+    """In a fresh process the probe answers False, and again after asking: it never calls
+    cuInit itself (on a machine without the driver, as in CI, there is nothing to start)."""
+    code = ("from transforms.runtime.placement import cuda_started as s; "
+            "print(s(), s())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+def test_pipeline_loaders_narrow_unless_copies_are_shared():
+    from pipeline.build import one_copy_per_process
+
+    assert one_copy_per_process(RunConfig(output="o", inputs=("x",))) is True
+    assert one_copy_per_process(RunConfig(output="o", inputs=("x",), model_copies=2)) is False

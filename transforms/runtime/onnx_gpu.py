@@ -52,6 +52,7 @@ class OnnxDaliLoader:
     dali: DaliOptions = field(default_factory=DaliOptions)
     max_batch: int = DEFAULT_MAX_BATCH
     device: Optional[int] = None
+    confine: bool = True      # narrow the SDK process to its GPU (placement.place)
 
     backend = "onnx"
 
@@ -60,19 +61,21 @@ class OnnxDaliLoader:
 
     def __call__(self) -> "OnnxDaliRunner":
         from transforms.runtime import cuda
-        from transforms.runtime.placement import choose_device, hold_exit_device
+        from transforms.runtime.placement import hold_exit_device, place
 
         if not self.onnx.providers or self.onnx.providers[0] != CUDA_EP:
             raise ModelLoadError(f"--preprocess gpu with --backend onnx: expected "
                                  f"--onnx_providers {CUDA_EP} first, got "
                                  f"{list(self.onnx.providers)}")
-        device = choose_device(self.device)
+        placed = place(self.device, confine=self.confine)
+        device = placed.cuda_index
         cuda.set_device(device)
         hold_exit_device(device)
         runner = with_device(self.onnx, device)()
         try:
             pre = DaliPreprocessor(self.spec, self.max_batch, replace(self.dali, device_id=device))
-            return OnnxDaliRunner(runner, pre, self.spec, device, self.max_batch)
+            return OnnxDaliRunner(runner, pre, self.spec, device, self.max_batch,
+                                  label=f"cuda:{placed.device}")
         except Exception:
             runner.close()
             raise
@@ -82,7 +85,9 @@ class OnnxDaliRunner(Runner):
     """One ONNX Runtime session on one GPU, one DALI pipeline, device buffers owned here."""
 
     def __init__(self, runner: OnnxRunner, pre: DaliPreprocessor, spec: ModelSpec,
-                 device: int, max_batch: int) -> None:
+                 device: int, max_batch: int, label: Optional[str] = None) -> None:
+        """``device``: the CUDA index in this process; ``label``: the GPU as the worker
+        names it (they differ in a process narrowed to its GPU)."""
         from transforms.runtime import cuda
 
         super().__init__()
@@ -109,7 +114,7 @@ class OnnxDaliRunner(Runner):
             raise
         self._info = RunnerInfo(
             backend="onnx", model_uri=base.model_uri, sha256=base.sha256,
-            device=f"cuda:{device}", inputs=(TensorInfo(ENCODED, ENCODED_DTYPE, ()),),
+            device=label or f"cuda:{device}", inputs=(TensorInfo(ENCODED, ENCODED_DTYPE, ()),),
             # a model with a fixed batch keeps it (the handler pads short batches up to it)
             outputs=base.outputs + (GPU_OK,), min_batch=base.min_batch,
             opt_batch=base.max_batch or max_batch, max_batch=min(base.max_batch or max_batch,

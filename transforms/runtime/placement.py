@@ -7,7 +7,11 @@ file under the temp directory, guarded by an exclusive flock, so the k-th copy l
 on a VM goes to device k mod N whichever process loads it. ``--gpu_device N`` pins every
 copy to one device instead.
 
-The thread that ends the process matters too: see ``hold_exit_device``.
+One process, one GPU (``place``): where CUDA has not started in the process yet, the
+process's ``CUDA_VISIBLE_DEVICES`` is narrowed to the GPU it was placed on before CUDA
+starts, so nothing in it (a free at shutdown, a library's default device) can open a
+context on another GPU. The thread that ends the process matters too: see
+``hold_exit_device``.
 """
 
 from __future__ import annotations
@@ -17,10 +21,16 @@ import fcntl
 import os
 import tempfile
 import threading
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, List, MutableMapping, Optional
 
-_LOCAL = threading.Lock()
+_LOCAL = threading.RLock()    # place() holds it around choose_device and _next_slot
 _exit_device: Optional[int] = None     # the device held for the process's exit, once set
+_confined: Optional["Placement"] = None   # this process's one GPU, once narrowed to it
+# set by Beam in the environment of every SDK process it starts (the local runner's
+# SubprocessSdkWorker, Dataflow's boot), and nowhere else: the launcher, tests and scripts
+# keep every GPU in view
+SDK_PROCESS_MARK = "CONTROL_API_SERVICE_DESCRIPTOR"
 COUNTER_FILE = os.path.join(tempfile.gettempdir(), "beam-trt-inference-gpu-round-robin")
 
 
@@ -85,3 +95,111 @@ def hold_exit_device(device: int, set_device: Optional[Callable[[int], None]] = 
 
     atexit.register(on_exit)
     return True
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model copy runs. ``device`` is its GPU among those the worker's processes
+    see (the round-robin slot, and the ``cuda:N`` that records and per-GPU counts name);
+    ``cuda_index`` is the index CUDA calls in this process use: 0 once the process is
+    narrowed to that one GPU (``confined``), else ``device``."""
+
+    device: int
+    cuda_index: int
+    confined: bool
+
+
+def cuda_started() -> bool:
+    """Whether CUDA's driver has been initialised in this process, asked without
+    initialising it: ``cuDeviceGetCount`` answers CUDA_ERROR_NOT_INITIALIZED (3) until
+    ``cuInit`` has run. No driver library: False (nothing can have started it)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return lib.cuDeviceGetCount(ctypes.byref(count)) != 3
+
+
+def visible_without_cuda(env: MutableMapping[str, str] = os.environ,
+                         nvml_count: Optional[Callable[[], Optional[int]]] = None
+                         ) -> Optional[List[str]]:
+    """The GPUs CUDA will enumerate, as ``CUDA_VISIBLE_DEVICES`` entries, found without
+    starting CUDA (whose device list is fixed at its start): the variable's own entries
+    where it is set, else ``0..n-1`` for NVML's n GPUs. None where that cannot be known
+    safely: MIG devices (CUDA lists MIG instances, NVML their parents), no NVML."""
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is not None:
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        if any(e.upper().startswith("MIG") for e in entries):
+            return None
+        return entries
+    n = (nvml_count or _nvml_count)()
+    return None if n is None else [str(i) for i in range(n)]
+
+
+def _nvml_count() -> Optional[int]:
+    """NVML's GPU count, or None: no nvidia-ml-py, no driver, or a GPU in MIG mode."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        n = pynvml.nvmlDeviceGetCount()
+        for i in range(n):
+            try:
+                current, _ = pynvml.nvmlDeviceGetMigMode(pynvml.nvmlDeviceGetHandleByIndex(i))
+            except pynvml.NVMLError:          # not MIG-capable: no MIG to worry about
+                continue
+            if current:
+                return None
+        return n
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def place(requested: Optional[int] = None, confine: bool = True,
+          env: MutableMapping[str, str] = os.environ,
+          started: Callable[[], bool] = cuda_started,
+          visible: Optional[Callable[[], Optional[List[str]]]] = None,
+          count: Optional[Callable[[], int]] = None,
+          counter_file: Optional[str] = None) -> Placement:
+    """The GPU of the next model copy (``choose_device``'s round-robin, or ``requested``)
+    and, with ``confine``, this process narrowed to it.
+
+    Why narrow: Beam has no unload hook, so a copy is freed at shutdown, in whatever thread
+    drops it, and a CUDA call in a thread that never chose a device opens a context on
+    device 0. On two H200s every SDK process placed on cuda:1 also held one on cuda:0 by
+    the end of the run (32 processes on GPU 0, 16 on GPU 1; docs/benchmarks.md), and the
+    run's tail grew from 11 to 26 s. A process that sees one GPU cannot do that.
+
+    Narrowing happens only in an SDK process Beam started (``SDK_PROCESS_MARK`` in its
+    environment), before CUDA has started there (its device list is fixed then), and with
+    one process per copy: with ``model_copies`` Beam loads every copy in one shared
+    process, so the loaders get ``confine=False`` there. Later copies in a narrowed
+    process share its GPU; asking one of them for another GPU is an error."""
+    global _confined
+    with _LOCAL:
+        if _confined is not None:
+            if requested is not None and requested != _confined.device:
+                raise ValueError(
+                    f"--gpu_device: this process is narrowed to GPU {_confined.device} "
+                    f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')}); expected "
+                    f"{_confined.device}, got {requested}")
+            return _confined
+        narrow = confine and SDK_PROCESS_MARK in env and not started()
+        entries = (visible or (lambda: visible_without_cuda(env)))() if narrow else None
+        if entries is not None:
+            device = choose_device(requested, count=lambda: len(entries),
+                                   counter_file=counter_file)
+            env["CUDA_VISIBLE_DEVICES"] = entries[device]
+            _confined = Placement(device=device, cuda_index=0, confined=True)
+            return _confined
+    device = choose_device(requested, count=count, counter_file=counter_file)
+    return Placement(device=device, cuda_index=device, confined=False)

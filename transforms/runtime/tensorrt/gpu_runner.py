@@ -43,10 +43,9 @@ class TrtDaliLoader:
 
     def __call__(self) -> "TrtDaliRunner":
         runner = self.trt()
-        info = runner.info()
-        try:   # DALI on the device placement chose for the engine
-            options = replace(self.dali, device_id=int(info.device.rsplit(":", 1)[1]))
-            pre = DaliPreprocessor(self.spec, info.max_batch, options)
+        try:   # DALI on the engine's device (its CUDA index in this process)
+            options = replace(self.dali, device_id=runner.engine.device)
+            pre = DaliPreprocessor(self.spec, runner.info().max_batch, options)
         except Exception:
             runner.close()
             raise

@@ -66,6 +66,9 @@ class TrtLoader:
     input_dtype: Optional[str] = None
     example_shape: Optional[Tuple[int, ...]] = None
     device: Optional[int] = None     # None: round-robin over the visible GPUs (placement.py)
+    # narrow the SDK process to its GPU (placement.place); False where one process holds
+    # several copies (Beam's model_copies)
+    confine: bool = True
 
     backend = "tensorrt"
 
@@ -107,33 +110,37 @@ class TrtLoader:
 
     def __call__(self) -> "TrtRunner":
         from transforms.runtime import cuda
-        from transforms.runtime.placement import choose_device, hold_exit_device
+        from transforms.runtime.placement import hold_exit_device, place
         from transforms.runtime.tensorrt.engine import trt_module, TrtEngine
 
         with startup.timed_part("import_tensorrt"):
             trt_module()                  # "tensorrt is not installed" before any CUDA call
         with startup.timed_part("cuda_init"):
-            device = choose_device(self.device)
+            placed = place(self.device, confine=self.confine)
+            device = placed.cuda_index
             cuda.set_device(device)
             hold_exit_device(device)
         with startup.timed_part("plan_read_check"):
             plan, sidecar, source = (self._from_cache(device) if self.engine_cache
                                      else self._from_uri(device))
         with startup.timed_part("engine_deserialize_allocate"):
-            engine = TrtEngine(plan, source=f"{source} on cuda:{device}", device=device)
+            engine = TrtEngine(plan, source=f"{source} on cuda:{placed.device}", device=device)
         declared = sorted((t.name, t.dtype) for t in sidecar.tensors)
         actual = sorted((t.name, t.dtype) for t in engine.tensors)
         if declared != actual:
             engine.close()
             raise EngineMismatch(f"{source}: the engine's tensors {actual} differ "
                                  f"from its sidecar's {declared}")
-        return TrtRunner(engine, source, sha256_hex(plan), sidecar)
+        return TrtRunner(engine, source, sha256_hex(plan), sidecar, label=f"cuda:{placed.device}")
 
 
 class TrtRunner(Runner):
     """One engine, its context, buffers and stream; TrtEngine's lock serializes batches."""
 
-    def __init__(self, engine: object, source: str, sha256: str, sidecar: Sidecar) -> None:
+    def __init__(self, engine: object, source: str, sha256: str, sidecar: Sidecar,
+                 label: Optional[str] = None) -> None:
+        """``label``: the GPU as the worker names it (``cuda:N`` among its GPUs), which
+        differs from the engine's CUDA index in a process narrowed to that GPU."""
         super().__init__()
         self._engine = engine
         inputs = tuple(TensorInfo(t.name, t.dtype, tuple(None if d < 0 else d
@@ -142,7 +149,7 @@ class TrtRunner(Runner):
         lo, opt, hi = sidecar.min_batch, sidecar.opt_batch, sidecar.max_batch
         self._info = RunnerInfo(
             backend="tensorrt", model_uri=source, sha256=sha256,
-            device=f"cuda:{getattr(engine, 'device', 0)}",
+            device=label or f"cuda:{getattr(engine, 'device', 0)}",
             inputs=inputs, outputs=tuple(t.name for t in sidecar.outputs),
             min_batch=lo, opt_batch=opt, max_batch=hi,
             details={"precision": sidecar.precision, "tensorrt": sidecar.tensorrt_version,
