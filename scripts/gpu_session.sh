@@ -11,7 +11,7 @@
 #   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m) read-join
 #   plans between leases: plans-out (files back), plans-in (carry .plans)
 #   issue 12/11 (after `test` or `nsfw-plan`, which build open_nsfw.fp16.plan): soak-gpu
-#     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus contexts load-profile load-variants
+#     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus contexts load-waits load-variants
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/btw; ENG=$W/engines; mkdir -p "$ENG"
@@ -287,7 +287,9 @@ PY
         | grep -E "^\||failed|rror" | tail -30 ;;
     load-profile) # issue 13: where a GPU-path load's time goes when 16 processes per GPU load
                   # at once (DALI's build: 1.7 s alone, 12 s in 16, 28 s in 32): py-spy with
-                  # native frames over load_contention.py's processes
+                  # native frames over load_contention.py's processes. On the two-H200 lease
+                  # of the sixth session py-spy itself crashed (SIGSEGV) and wrote nothing;
+                  # load-waits reads the same processes' waits from /proc instead
       trt_env
       d=$(corpus_500)
       n=$(( 16 * $(nvidia-smi -L | wc -l) ))
@@ -300,16 +302,29 @@ PY
       trt_env
       d=$(corpus_500)
       n=$(( 16 * $(nvidia-smi -L | wc -l) ))
-      # 16 per GPU as is; NVML held by the process (DALI's init/shutdown pairs cheap);
-      # DALI without NVML (no hardware decoder then); no hardware decoder; 16 over every
-      # GPU (per GPU or per host?); CUDA's module loading; DALI without virtual memory
-      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---procs $n;--procs $n --hold_nvml;--procs $n --env DALI_DISABLE_NVML=1;--procs $n --hw_decoder_load 0;--procs 16;--procs $n --env CUDA_MODULE_LOADING=EAGER;--procs $n --env DALI_USE_VMM=0}"
+      # 16 per GPU as is (each process narrowed to its GPU); the graph without its JPEG
+      # round trip (no nvJPEG encoder); DALI's pinned memory restricted; device memory
+      # from cudaMallocAsync, or without virtual memory; CUDA modules loaded eagerly; 16
+      # over every GPU (per GPU or per host?). Already ruled out at 32 (sixth session):
+      # NVML held, DALI_DISABLE_NVML=1, --hw_decoder_load 0. The SDK-process mark makes
+      # placement narrow each loading process as Beam's would be.
+      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---procs $n;--procs $n --no_jpeg_roundtrip;--procs $n --env DALI_RESTRICT_PINNED_MEM=1;--procs $n --env DALI_USE_CUDA_MALLOC_ASYNC=1;--procs $n --env DALI_USE_VMM=0;--procs $n --env CUDA_MODULE_LOADING=EAGER;--procs 16}"
       i=0
       for v in "${variants[@]}"; do
         i=$((i + 1)); echo "--- variant $i: $v"
-        python scripts/load_contention.py --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-000*.jpg" \
+        CONTROL_API_SERVICE_DESCRIPTOR=load-variants python scripts/load_contention.py \
+          --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-000*.jpg" \
           $v --json "$OUT/load-contention-v$i.json" 2>&1 | grep -E "dali_build|cuda_init|load_total|cores busy"
       done ;;
+    load-waits)   # issue 13: where 16 loading processes per GPU wait, from /proc (kernel wait
+                  # channel, call, and for an ioctl the device file): scripts/wait_profile.py
+      trt_env
+      d=$(corpus_500)
+      n=$(( 16 * $(nvidia-smi -L | wc -l) ))
+      CONTROL_API_SERVICE_DESCRIPTOR=load-waits python scripts/wait_profile.py --interval 0.05 \
+        --json "$OUT/load-waits-$n.json" -- python scripts/load_contention.py \
+        --engine $ENG/nsfw-b64.fp16.plan --jpegs "$d/imagenet-000*.jpg" --procs $n \
+        --json "$OUT/load-contention-waits-$n.json" 2>&1 | grep -E "^\|" | head -40 ;;
     read-join)    # the URI side alone (manifest in ranges, bucketed anti-join), on 16 SDK processes
       trt_env
       python scripts/read_join_cost.py --uris ${READ_JOIN_URIS:-1000000} --workers 16 \

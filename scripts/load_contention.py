@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load(engine: str, jpegs: List[str], engine_only: bool, barrier: Any,
-          folder: str, dali: Dict[str, Any], hold_nvml: bool) -> None:
+          folder: str, dali: Dict[str, Any], hold_nvml: bool, roundtrip: bool) -> None:
     os.environ["BEAM_TRT_STARTUP_DIR"] = folder
     from transforms.runtime import startup
 
@@ -48,7 +48,12 @@ def _load(engine: str, jpegs: List[str], engine_only: bool, barrier: Any,
         from transforms.spec import OPEN_NSFW_SPEC
     loader: Any = TrtLoader(engine_uri=engine)
     if not engine_only:
-        loader = TrtDaliLoader(loader, OPEN_NSFW_SPEC, DaliOptions(**dali))
+        from dataclasses import replace
+
+        # without the JPEG round trip open_nsfw's graph has no nvJPEG encoder to set up
+        spec = OPEN_NSFW_SPEC if roundtrip else replace(OPEN_NSFW_SPEC,
+                                                        jpeg_roundtrip_quality=None)
+        loader = TrtDaliLoader(loader, spec, DaliOptions(**dali))
     with startup.timed_part("load_total"):
         runner = loader()
     import numpy as np
@@ -75,7 +80,7 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
     dali = {k: v for k, v in (("threads", a.dali_threads),
                               ("hw_decoder_load", a.hw_decoder_load)) if v is not None}
     procs = [ctx.Process(target=_load, args=(a.engine, jpegs, a.engine_only, barrier, folder,
-                                             dali, a.hold_nvml))
+                                             dali, a.hold_nvml, not a.no_jpeg_roundtrip))
              for _ in range(n)]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     for p in procs:
@@ -90,6 +95,7 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
     # CPU time of all N against the wall: near the usable cores means the loads are bound
     # by the host's cores, far below means they wait (a lock, the driver, the GPU)
     return {"processes": n, "dali": dali, "hold_nvml": a.hold_nvml,
+            "jpeg_roundtrip": not a.no_jpeg_roundtrip,
             "failed_exitcodes": failed, "parts": parts,
             "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "cores_busy": round(cpu / wall, 1) if wall > 0 else None,
@@ -119,6 +125,9 @@ def main() -> int:
                     help="DaliOptions.hw_decoder_load (0: no hardware decoder to set up)")
     ap.add_argument("--hold_nvml", action="store_true",
                     help="initialise NVML (nvidia-ml-py) before the load and hold it")
+    ap.add_argument("--no_jpeg_roundtrip", action="store_true",
+                    help="build the graph without open_nsfw's JPEG round trip (a diagnostic: "
+                         "its scores then differ)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in every loading process (e.g. CUDA_MODULE_LOADING=LAZY, "
                          "DALI_USE_VMM=0); repeatable")
