@@ -11,9 +11,9 @@ each step lists the GPUs (NVML) that hold a context of this process, with its Mi
 The parent also polls NVML every 10 ms over the child's whole life, so a context made
 while the process exits (after its last step, with the model still held, as Beam leaves
 it) is seen too. Each variant runs in a fresh process:
-  plain         the product as it is;
-  visible       the same with CUDA_VISIBLE_DEVICES naming only the target GPU (device 0);
-  no_exit_hold  without placement.hold_exit_device (the product before issue 13's fix).
+  plain    the product as it is, in a process Beam did not start (not narrowed);
+  visible  the same with CUDA_VISIBLE_DEVICES naming only the target GPU (device 0);
+  sdk      marked as an SDK process Beam started, so placement narrows it to the GPU.
 
     python scripts/device_contexts.py --engine nsfw-b64.fp16.plan --jpegs 'corpus/*.jpg' \\
         --device 1 --json device-contexts.json
@@ -70,19 +70,15 @@ def child(engine: str, jpegs: List[str], device: int, variant: str) -> Dict[str,
 
     import numpy as np
 
-    import transforms.runtime.placement as placement
     from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor
     from transforms.runtime.tensorrt.gpu_runner import ENCODED, TrtDaliRunner
     from transforms.runtime.tensorrt.runner import TrtLoader
     from transforms.spec import OPEN_NSFW_SPEC
 
-    if variant == "no_exit_hold":
-        placement.hold_exit_device = lambda device, set_device=None: False
     step("start", lambda: None)
     runner = step("engine (placement, set_device, deserialize)",
                   lambda: TrtLoader(engine_uri=engine, device=device)())
-    dev = int(runner.info().device.rsplit(":", 1)[1])
-    options = DaliOptions(device_id=dev)
+    options = DaliOptions(device_id=runner.engine.device)     # its CUDA index here
     pre = step("DALI pipeline build", lambda: DaliPreprocessor(
         OPEN_NSFW_SPEC, runner.info().max_batch, options))
     both = TrtDaliRunner(runner, pre)
@@ -142,7 +138,7 @@ def main() -> int:
     ap.add_argument("--jpegs", required=True, help="glob: the first --batch form the batch")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--device", type=int, default=1, help="the GPU the load is placed on")
-    ap.add_argument("--variants", default="plain,visible,no_exit_hold")
+    ap.add_argument("--variants", default="plain,visible,sdk")
     ap.add_argument("--json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -156,6 +152,8 @@ def main() -> int:
         device = a.device
         if variant == "visible":
             env["CUDA_VISIBLE_DEVICES"], device = str(a.device), 0
+        elif variant == "sdk":      # what Beam sets in its SDK processes: placement narrows
+            env["CONTROL_API_SERVICE_DESCRIPTOR"] = "device-contexts"
         done = watched([sys.executable, __file__, "--engine", a.engine, "--jpegs", a.jpegs,
                         "--batch", str(a.batch), "--device", str(device), "--child", variant],
                        env)

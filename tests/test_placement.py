@@ -47,37 +47,6 @@ def test_gpu_device_option_is_validated():
     assert RunConfig(output="o", inputs=("x",), gpu_device=3).gpu_device == 3
 
 
-def test_exit_device_is_the_first_placed_and_registered_once(monkeypatch):
-    """The exit hook makes the process's first placed device current, and is registered
-    once however many copies load (a CUDA-free setter stands in for cudaSetDevice)."""
-    import transforms.runtime.placement as placement
-
-    registered, made_current = [], []
-    monkeypatch.setattr(placement, "_exit_device", None)
-    monkeypatch.setattr(placement.atexit, "register", registered.append)
-    assert placement.hold_exit_device(1, set_device=made_current.append) is True
-    assert placement.hold_exit_device(0, set_device=made_current.append) is False
-    assert len(registered) == 1 and made_current == []
-    registered[0]()
-    assert made_current == [1]
-
-
-def test_exit_hook_survives_a_torn_down_cuda(monkeypatch):
-    """At exit CUDA may already be unloading: the hook swallows that, as exit must go on."""
-    import transforms.runtime.placement as placement
-
-    registered, tried = [], []
-    monkeypatch.setattr(placement, "_exit_device", None)
-    monkeypatch.setattr(placement.atexit, "register", registered.append)
-
-    def unloading(device: int) -> None:
-        tried.append(device)
-        raise RuntimeError("cudaSetDevice(1): cudaErrorCudartUnloading")
-
-    placement.hold_exit_device(1, set_device=unloading)
-    assert registered[0]() is None and tried == [1]
-
-
 @pytest.fixture
 def fresh_process(monkeypatch):
     """placement's per-process state as in a process that has placed nothing yet."""

@@ -61,7 +61,7 @@ class OnnxDaliLoader:
 
     def __call__(self) -> "OnnxDaliRunner":
         from transforms.runtime import cuda
-        from transforms.runtime.placement import hold_exit_device, place
+        from transforms.runtime.placement import place
 
         if not self.onnx.providers or self.onnx.providers[0] != CUDA_EP:
             raise ModelLoadError(f"--preprocess gpu with --backend onnx: expected "
@@ -70,7 +70,6 @@ class OnnxDaliLoader:
         placed = place(self.device, confine=self.confine)
         device = placed.cuda_index
         cuda.set_device(device)
-        hold_exit_device(device)
         runner = with_device(self.onnx, device)()
         try:
             pre = DaliPreprocessor(self.spec, self.max_batch, replace(self.dali, device_id=device))

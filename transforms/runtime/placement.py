@@ -10,13 +10,11 @@ copy to one device instead.
 One process, one GPU (``place``): where CUDA has not started in the process yet, the
 process's ``CUDA_VISIBLE_DEVICES`` is narrowed to the GPU it was placed on before CUDA
 starts, so nothing in it (a free at shutdown, a library's default device) can open a
-context on another GPU. The thread that ends the process matters too: see
-``hold_exit_device``.
+context on another GPU.
 """
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import os
 import tempfile
@@ -25,7 +23,6 @@ from dataclasses import dataclass
 from typing import Callable, List, MutableMapping, Optional
 
 _LOCAL = threading.RLock()    # place() holds it around choose_device and _next_slot
-_exit_device: Optional[int] = None     # the device held for the process's exit, once set
 _confined: Optional["Placement"] = None   # this process's one GPU, once narrowed to it
 # set by Beam in the environment of every SDK process it starts (the local runner's
 # SubprocessSdkWorker, Dataflow's boot), and nowhere else: the launcher, tests and scripts
@@ -65,36 +62,6 @@ def choose_device(requested: Optional[int] = None,
                              f"got {requested}")
         return requested
     return _next_slot(counter_file or COUNTER_FILE) % visible
-
-
-def hold_exit_device(device: int, set_device: Optional[Callable[[int], None]] = None) -> bool:
-    """At exit, make ``device`` current in the thread that ends the process (the first
-    device this process placed a copy on); True if registered now.
-
-    Why: Beam has no unload hook, so a model's objects are freed as the SDK process exits,
-    in its main thread, and DALI's pools by C++ static destructors after that. That thread
-    never set a device, so its CUDA device is 0, and a free there can create a context on
-    cuda:0. On the two-H200 machine each of the 16 processes placed on cuda:1 opened about
-    500 MiB on cuda:0 in its last seconds, and on no step before (nvidia-smi every 2 s,
-    scripts/device_contexts.py; docs/benchmarks.md); the run's tail grew from 9.4 s on
-    one GPU to 21.8 s. With the placed device current there, the frees use the context
-    the process already has."""
-    global _exit_device
-    if set_device is None:
-        from transforms.runtime.cuda import set_device
-    with _LOCAL:
-        if _exit_device is not None:
-            return False
-        _exit_device = device
-
-    def on_exit() -> None:
-        try:
-            set_device(device)
-        except Exception:  # noqa: BLE001 - CUDA may be torn down already; nothing to keep
-            pass
-
-    atexit.register(on_exit)
-    return True
 
 
 @dataclass(frozen=True)
@@ -173,11 +140,13 @@ def place(requested: Optional[int] = None, confine: bool = True,
     """The GPU of the next model copy (``choose_device``'s round-robin, or ``requested``)
     and, with ``confine``, this process narrowed to it.
 
-    Why narrow: Beam has no unload hook, so a copy is freed at shutdown, in whatever thread
-    drops it, and a CUDA call in a thread that never chose a device opens a context on
-    device 0. On two H200s every SDK process placed on cuda:1 also held one on cuda:0 by
-    the end of the run (32 processes on GPU 0, 16 on GPU 1; docs/benchmarks.md), and the
-    run's tail grew from 11 to 26 s. A process that sees one GPU cannot do that.
+    Why narrow: a CUDA call in a thread that never chose a device opens a context on
+    device 0, and Beam has no unload hook, so a copy is freed in whatever thread drops it.
+    On two H200s every SDK process placed on cuda:1 also held a context on cuda:0 by the
+    end of the run (32 processes on GPU 0, 16 on GPU 1; docs/benchmarks.md), and the
+    run's tail grew from 11 to 26 s. A lone process did not, with or without an exit hook
+    that made its device current, so the call is somewhere in Beam's SDK process; a
+    process that sees one GPU cannot make it, whichever it is.
 
     Narrowing happens only in an SDK process Beam started (``SDK_PROCESS_MARK`` in its
     environment), before CUDA has started there (its device list is fixed then), and with

@@ -110,7 +110,7 @@ class TrtLoader:
 
     def __call__(self) -> "TrtRunner":
         from transforms.runtime import cuda
-        from transforms.runtime.placement import hold_exit_device, place
+        from transforms.runtime.placement import place
         from transforms.runtime.tensorrt.engine import trt_module, TrtEngine
 
         with startup.timed_part("import_tensorrt"):
@@ -119,7 +119,6 @@ class TrtLoader:
             placed = place(self.device, confine=self.confine)
             device = placed.cuda_index
             cuda.set_device(device)
-            hold_exit_device(device)
         with startup.timed_part("plan_read_check"):
             plan, sidecar, source = (self._from_cache(device) if self.engine_cache
                                      else self._from_uri(device))
