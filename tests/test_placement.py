@@ -124,3 +124,20 @@ def test_pipeline_loaders_narrow_unless_copies_are_shared():
 
     assert one_copy_per_process(RunConfig(output="o", inputs=("x",))) is True
     assert one_copy_per_process(RunConfig(output="o", inputs=("x",), model_copies=2)) is False
+
+
+def test_a_device_cuda_refuses_in_a_narrowed_process_names_the_narrowing():
+    from transforms.runtime.placement import Placement, set_placed_device
+
+    def refuse(device: int) -> None:
+        raise RuntimeError(f"cudaSetDevice({device}) failed: cudaErrorNoDevice")
+
+    env = {"CUDA_VISIBLE_DEVICES": "3"}
+    with pytest.raises(RuntimeError, match=r"cudaErrorNoDevice; this SDK process was narrowed "
+                                           r"to GPU 3 \(CUDA_VISIBLE_DEVICES='3'\)"):
+        set_placed_device(Placement(3, 0, True), env=env, set_device=refuse)
+    with pytest.raises(RuntimeError, match=r"cudaErrorNoDevice$"):
+        set_placed_device(Placement(3, 3, False), env=env, set_device=refuse)
+    made = []
+    set_placed_device(Placement(1, 0, True), env=env, set_device=made.append)
+    assert made == [0]

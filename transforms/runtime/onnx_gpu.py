@@ -60,8 +60,7 @@ class OnnxDaliLoader:
         return 1, self.max_batch
 
     def __call__(self) -> "OnnxDaliRunner":
-        from transforms.runtime import cuda
-        from transforms.runtime.placement import place
+        from transforms.runtime.placement import place, set_placed_device
 
         if not self.onnx.providers or self.onnx.providers[0] != CUDA_EP:
             raise ModelLoadError(f"--preprocess gpu with --backend onnx: expected "
@@ -69,7 +68,7 @@ class OnnxDaliLoader:
                                  f"{list(self.onnx.providers)}")
         placed = place(self.device, confine=self.confine)
         device = placed.cuda_index
-        cuda.set_device(device)
+        set_placed_device(placed)
         runner = with_device(self.onnx, device)()
         try:
             pre = DaliPreprocessor(self.spec, self.max_batch, replace(self.dali, device_id=device))

@@ -172,3 +172,21 @@ def place(requested: Optional[int] = None, confine: bool = True,
             return _confined
     device = choose_device(requested, count=count, counter_file=counter_file)
     return Placement(device=device, cuda_index=device, confined=False)
+
+
+def set_placed_device(placed: Placement, env: MutableMapping[str, str] = os.environ,
+                      set_device: Optional[Callable[[int], None]] = None) -> None:
+    """Make the placement's device current in this thread. In a narrowed process a failure
+    says so: CUDA then sees only the GPU the narrowing named, and an entry CUDA cannot use
+    (NVML counted a GPU that CUDA does not) fails here, not later."""
+    if set_device is None:
+        from transforms.runtime.cuda import set_device
+    try:
+        set_device(placed.cuda_index)
+    except Exception as exc:
+        if not placed.confined:
+            raise
+        raise type(exc)(f"{exc}; this SDK process was narrowed to GPU {placed.device} "
+                        f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r}). "
+                        f"Set CUDA_VISIBLE_DEVICES to the GPUs CUDA can use, or pass "
+                        f"--model_copies to keep every GPU in view") from exc

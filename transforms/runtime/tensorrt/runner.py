@@ -109,8 +109,7 @@ class TrtLoader:
         return plan, sidecar, self.engine_uri
 
     def __call__(self) -> "TrtRunner":
-        from transforms.runtime import cuda
-        from transforms.runtime.placement import place
+        from transforms.runtime.placement import place, set_placed_device
         from transforms.runtime.tensorrt.engine import trt_module, TrtEngine
 
         with startup.timed_part("import_tensorrt"):
@@ -118,7 +117,7 @@ class TrtLoader:
         with startup.timed_part("cuda_init"):
             placed = place(self.device, confine=self.confine)
             device = placed.cuda_index
-            cuda.set_device(device)
+            set_placed_device(placed)
         with startup.timed_part("plan_read_check"):
             plan, sidecar, source = (self._from_cache(device) if self.engine_cache
                                      else self._from_uri(device))
