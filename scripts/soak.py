@@ -29,26 +29,8 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from transforms.runtime.benchmark import ShardProgress  # noqa: E402
+from wait_profile import descendants as _tree  # noqa: E402 - pid and its children (/proc)
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _tree(pid: int) -> List[int]:
-    """pid and its descendants, from /proc (Linux)."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 def _rss_mb(pid: int) -> Optional[float]:

@@ -48,8 +48,10 @@ def descendants(root: int, parents: Optional[Dict[int, int]] = None) -> List[int
         for name in os.listdir("/proc"):
             if name.isdigit():
                 stat = _read(f"/proc/{name}/stat")
-                if stat:
+                try:
                     parents[int(name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                except (IndexError, ValueError):      # gone between listing and reading
+                    continue
     children: Dict[int, List[int]] = collections.defaultdict(list)
     for pid, parent in parents.items():
         children[parent].append(pid)
