@@ -141,3 +141,37 @@ def test_a_device_cuda_refuses_in_a_narrowed_process_names_the_narrowing():
     made = []
     set_placed_device(Placement(1, 0, True), env=env, set_device=made.append)
     assert made == [0]
+
+
+def _marked(_: int) -> tuple:
+    import os as os_
+
+    from transforms.runtime.placement import SDK_PROCESS_MARK
+
+    return os_.getpid(), SDK_PROCESS_MARK in os_.environ
+
+
+def test_beams_sdk_processes_carry_the_mark_and_the_launcher_does_not():
+    """The premise of the narrowing, on this Beam: every SDK process the local runner starts
+    has the control-service variable (Dataflow's boot sets it too), and the launching
+    process has none, so only SDK processes are ever narrowed."""
+    import os as os_
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that
+
+    from transforms.runtime.placement import SDK_PROCESS_MARK
+
+    assert SDK_PROCESS_MARK not in os_.environ
+    launcher = os_.getpid()
+
+    def check(seen):
+        pids = {pid for pid, _ in seen}
+        assert seen and all(marked for _, marked in seen), seen
+        assert launcher not in pids, (launcher, pids)
+
+    options = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    with beam.Pipeline(options=options) as p:
+        seen = p | beam.Create(range(20)) | beam.Reshuffle() | beam.Map(_marked)
+        assert_that(seen, check)
