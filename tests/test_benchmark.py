@@ -373,3 +373,18 @@ def test_gpu_sampler_counts_the_processes_holding_each_gpu():
     hidden._nvml, hidden._handle = FakeNvml([None]), object()
     hidden._sample()
     assert hidden.summary()["gpu_processes_max"] is None
+
+
+def test_gpus_flags_processes_placed_elsewhere_on_a_gpu():
+    """The two-H200 run before the narrowing: 16 SDK processes placed per GPU, NVML saw 32
+    on GPU 0; the one-GPU run's idle GPU 1 held none."""
+    from pipeline.benchmark.gpus import stray_processes
+
+    two = {"visible": [0, 1], "per_gpu": {"0": {"gpu_processes_max": 32},
+                                          "1": {"gpu_processes_max": 16}}}
+    one = {"visible": [0], "per_gpu": {"0": {"gpu_processes_max": 16},
+                                       "1": {"gpu_processes_max": 0}}}
+    assert stray_processes(two, 16) == {"0": 16}
+    assert stray_processes(one, 16) == {}
+    assert stray_processes({"visible": [0], "per_gpu": {"1": {"gpu_processes_max": 2}}},
+                           16) == {"1": 2}

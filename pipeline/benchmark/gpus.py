@@ -108,6 +108,20 @@ def summarize_runs(record: Dict[str, Any], gpus: int) -> None:
         d: round(n / total, 3) for d, n in by_device.items()} if total else {}
 
 
+def stray_processes(run: Dict[str, Any], workers_per_gpu: int) -> Dict[str, int]:
+    """Per GPU (NVML index), how many more processes held a context there than were placed
+    on it: ``workers_per_gpu`` on each GPU the run used, none on the others. Non-zero means
+    processes placed elsewhere opened contexts on that GPU (issue 13: 32 on GPU 0 with 16
+    placed, before each SDK process was narrowed to its GPU)."""
+    used = {str(d) for d in run.get("visible", [])}
+    out = {}
+    for d, g in run.get("per_gpu", {}).items():
+        extra = (g.get("gpu_processes_max") or 0) - (workers_per_gpu if d in used else 0)
+        if extra > 0:
+            out[d] = extra
+    return out
+
+
 def cmd_gpus(a: argparse.Namespace) -> int:
     """The same run on one GPU and on every visible GPU of the machine: images/s (with
     start-up, and steady), and per GPU the images scored (bundle records), NVML
@@ -134,6 +148,7 @@ def cmd_gpus(a: argparse.Namespace) -> int:
             cpus=cfg["cpus"])
         r.update(visible=cfg["visible"], sdk_processes=cfg["workers"],
                  images_by_device=images_by_device(out))
+        r["stray_processes_by_gpu"] = stray_processes(r, a.workers_per_gpu)
         runs[name] = r
     record["runs"] = runs
     summarize_runs(record, len(gpus))
@@ -151,6 +166,10 @@ def cmd_gpus(a: argparse.Namespace) -> int:
               f"{r.get('cpus', len(cores))} | {r['images_per_s']:.0f} | "
               f"{_fmt(r.get('steady_images_per_s'), digits=0)} | {r['images_by_device']} | "
               f"{util} | {mem} | {procs} |")
+    for name, r in runs.items():
+        if r.get("stray_processes_by_gpu"):
+            print(f"{name}: processes placed on other GPUs held contexts here (GPU: extra "
+                  f"processes): {r['stray_processes_by_gpu']}")
     print(f"speedup all/one: {_fmt(record['speedup'], digits=2)} end to end, "
           f"{_fmt(record['speedup_steady'], digits=2)} steady, "
           f"{_fmt(record['speedup_main_stage'], digits=2)} scoring stage")
