@@ -27,14 +27,18 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _load(engine: str, jpegs: List[str], engine_only: bool, barrier: Any,
-          folder: str, dali: Dict[str, Any], hold_nvml: bool, roundtrip: bool) -> None:
+def _load(engine: str, jpegs: List[str], barrier: Any, folder: str, dali: Dict[str, Any],
+          how: Dict[str, Any]) -> None:
+    """One SDK process's load. ``how``: ``part`` is full (engine, then DALI on its GPU),
+    engine (no DALI), dali (DALI on the placed GPU, no engine) or cpu_dali (the engine,
+    then the same graph on DALI's CPU backend: no CUDA in DALI's build); ``hold_nvml``;
+    ``roundtrip`` (open_nsfw's JPEG round trip in the graph)."""
     os.environ["BEAM_TRT_STARTUP_DIR"] = folder
     from transforms.runtime import startup
 
     barrier.wait()
     start = time.perf_counter()
-    if hold_nvml:
+    if how["hold_nvml"]:
         # NVML initialised once and held for the process's life: DALI's own nvmlInit and
         # nvmlShutdown pairs (thread pools, the decoder's hardware check) then only count
         # references instead of each opening every device
@@ -42,33 +46,51 @@ def _load(engine: str, jpegs: List[str], engine_only: bool, barrier: Any,
             import pynvml
             pynvml.nvmlInit()
     with startup.timed_part("import_runtime"):
-        from transforms.runtime.gpu_preprocess import DaliOptions
+        from dataclasses import replace
+
+        from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor
+        from transforms.runtime.placement import place, set_placed_device
         from transforms.runtime.tensorrt.gpu_runner import ENCODED, TrtDaliLoader
         from transforms.runtime.tensorrt.runner import TrtLoader
         from transforms.spec import OPEN_NSFW_SPEC
-    loader: Any = TrtLoader(engine_uri=engine)
-    if not engine_only:
-        from dataclasses import replace
-
-        # without the JPEG round trip open_nsfw's graph has no nvJPEG encoder to set up
-        spec = OPEN_NSFW_SPEC if roundtrip else replace(OPEN_NSFW_SPEC,
-                                                        jpeg_roundtrip_quality=None)
-        loader = TrtDaliLoader(loader, spec, DaliOptions(**dali))
-    with startup.timed_part("load_total"):
-        runner = loader()
+    # without the JPEG round trip open_nsfw's graph has no nvJPEG encoder to set up
+    spec = OPEN_NSFW_SPEC if how["roundtrip"] else replace(OPEN_NSFW_SPEC,
+                                                           jpeg_roundtrip_quality=None)
+    part = how["part"]
     import numpy as np
 
     batch = np.empty(len(jpegs), dtype=object)
     for i, path in enumerate(jpegs):
         batch[i] = np.frombuffer(open(path, "rb").read(), np.uint8)
-    if not engine_only:
+    closers = []
+    with startup.timed_part("load_total"):
+        if part == "dali":
+            placed = place(None)
+            set_placed_device(placed)
+            pre = DaliPreprocessor(spec, 64, DaliOptions(**dict(dali, device_id=placed.cuda_index)))
+            run = pre.to_host
+        elif part == "cpu_dali":
+            runner = TrtLoader(engine_uri=engine)()
+            closers.append(runner.close)
+            pre = DaliPreprocessor(spec, runner.info().max_batch, DaliOptions(**dali),
+                                   cpu_only=True)
+            run = pre.to_host
+        else:
+            loader: Any = TrtLoader(engine_uri=engine)
+            if part == "full":
+                loader = TrtDaliLoader(loader, spec, DaliOptions(**dali))
+            runner = loader()
+            closers.append(runner.close)
+            run = (lambda b: runner.infer({ENCODED: b})) if part == "full" else None
+    if run is not None:
         with startup.timed_part("first_batch"):
-            runner.infer({ENCODED: batch})
+            run(list(batch) if part in ("dali", "cpu_dali") else batch)
         with startup.timed_part("second_batch"):
-            runner.infer({ENCODED: batch})
+            run(list(batch) if part in ("dali", "cpu_dali") else batch)
     startup.record("load_part", once=False, part="ready_since_barrier",
                    seconds=round(time.perf_counter() - start, 3))
-    runner.close()
+    for close in closers:
+        close()
 
 
 def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
@@ -79,8 +101,8 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
     barrier = ctx.Barrier(n)
     dali = {k: v for k, v in (("threads", a.dali_threads),
                               ("hw_decoder_load", a.hw_decoder_load)) if v is not None}
-    procs = [ctx.Process(target=_load, args=(a.engine, jpegs, a.engine_only, barrier, folder,
-                                             dali, a.hold_nvml, not a.no_jpeg_roundtrip))
+    how = {"part": a.part, "hold_nvml": a.hold_nvml, "roundtrip": not a.no_jpeg_roundtrip}
+    procs = [ctx.Process(target=_load, args=(a.engine, jpegs, barrier, folder, dali, how))
              for _ in range(n)]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     for p in procs:
@@ -94,8 +116,7 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
     parts = startup.summarize(folder).get("load_parts_s", {})
     # CPU time of all N against the wall: near the usable cores means the loads are bound
     # by the host's cores, far below means they wait (a lock, the driver, the GPU)
-    return {"processes": n, "dali": dali, "hold_nvml": a.hold_nvml,
-            "jpeg_roundtrip": not a.no_jpeg_roundtrip,
+    return {"processes": n, "dali": dali, **how,
             "failed_exitcodes": failed, "parts": parts,
             "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "cores_busy": round(cpu / wall, 1) if wall > 0 else None,
@@ -119,7 +140,12 @@ def main() -> int:
     ap.add_argument("--jpegs", required=True, help="glob: the first --batch are one batch")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--procs", default="1,4,16")
-    ap.add_argument("--engine_only", action="store_true", help="TrtLoader, no DALI")
+    ap.add_argument("--engine_only", action="store_true", help="TrtLoader, no DALI "
+                    "(--part engine)")
+    ap.add_argument("--part", choices=("full", "engine", "dali", "cpu_dali"), default="full",
+                    help="what each process loads: the engine and DALI on its GPU (full), the "
+                         "engine alone, DALI alone on the placed GPU, or the engine and the "
+                         "graph on DALI's CPU backend (no CUDA in DALI's build)")
     ap.add_argument("--dali_threads", type=int, default=None, help="DaliOptions.threads")
     ap.add_argument("--hw_decoder_load", type=float, default=None,
                     help="DaliOptions.hw_decoder_load (0: no hardware decoder to set up)")
@@ -133,6 +159,8 @@ def main() -> int:
                          "DALI_USE_VMM=0); repeatable")
     ap.add_argument("--json")
     a = ap.parse_args()
+    if a.engine_only:
+        a.part = "engine"
     env = parse_env(a.env)
     if env is None:
         ap.error(f"--env: expected NAME=VALUE, got {a.env!r}")
@@ -155,7 +183,7 @@ def main() -> int:
         for r in rows) + " |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"engine": a.engine, "engine_only": a.engine_only, "batch": a.batch,
+            json.dump({"engine": a.engine, "part": a.part, "batch": a.batch,
                        "env": env, "rows": rows}, f, indent=2)
     return 1 if any(r["failed_exitcodes"] for r in rows) else 0
 
