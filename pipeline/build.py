@@ -37,7 +37,8 @@ def onnx_loader(cfg: RunConfig, providers: Optional[Tuple[str, ...]] = None) -> 
     spec = cfg.spec
     return OnnxLoader(cfg.model, providers=providers or cfg.onnx_providers,
                       input_name=spec.input_name, input_dtype=spec.input_dtype,
-                      example_shape=spec.input_shape(1)[1:])
+                      example_shape=spec.input_shape(1)[1:], device=cfg.gpu_device,
+                      confine=one_copy_per_process(cfg))
 
 
 def one_copy_per_process(cfg: RunConfig) -> bool:

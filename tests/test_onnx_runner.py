@@ -163,3 +163,52 @@ def test_in_run_inference_keyed(tiny_model):
     assert dists["inference_request_batch_size"].sum == 7
     assert dists["inference_request_batch_size"].max <= 4
     assert dists["inference_batch_latency_micro_secs"].count >= 2
+
+
+CUDA_EP, TRT_EP = "CUDAExecutionProvider", "TensorrtExecutionProvider"
+
+
+@pytest.fixture
+def two_gpus(monkeypatch, tmp_path):
+    """Placement over two GPUs named by CUDA_VISIBLE_DEVICES (how they are counted where
+    cuda-python is absent, as here), with a fresh round-robin counter and process state."""
+    import transforms.runtime.placement as placement
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(placement, "COUNTER_FILE", str(tmp_path / "rr"))
+    monkeypatch.setattr(placement, "_confined", None)
+    monkeypatch.setattr(placement, "cuda_started", lambda: False)
+    monkeypatch.setattr("transforms.runtime.cuda.cuda_python_available", lambda: False)
+    return placement
+
+
+def test_gpu_sessions_take_the_workers_gpus_in_turn(two_gpus):
+    """ONNX Runtime's GPU providers get the placed device_id, so a two-GPU worker's
+    sessions use both GPUs (before, every session ran on GPU 0)."""
+    loader = OnnxLoader("m.onnx", providers=(TRT_EP, CUDA_EP, "CPUExecutionProvider"))
+    got = [loader.placed_options() for _ in range(3)]
+    assert [label for _, label in got] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert [(o[TRT_EP]["device_id"], o[CUDA_EP]["device_id"]) for o, _ in got] == \
+        [("0", "0"), ("1", "1"), ("0", "0")]
+    assert "CPUExecutionProvider" not in got[0][0]
+
+
+def test_a_set_device_id_is_kept_and_the_cpu_provider_is_not_placed(two_gpus):
+    pinned = OnnxLoader("m.onnx", providers=(CUDA_EP,),
+                        provider_options=((CUDA_EP, (("device_id", "1"),)),))
+    assert pinned.placed_options() == ({CUDA_EP: {"device_id": "1"}}, "cuda:1")
+    assert OnnxLoader("m.onnx").placed_options() == ({}, "cpu")
+    # neither consumed a round-robin slot: the next placed session takes GPU 0
+    assert OnnxLoader("m.onnx", providers=(CUDA_EP,)).placed_options()[1] == "cuda:0"
+
+
+def test_an_sdk_process_session_is_narrowed_to_its_gpu(two_gpus, monkeypatch):
+    import os
+
+    monkeypatch.setenv(two_gpus.SDK_PROCESS_MARK, "url: 'localhost:1'")
+    OnnxLoader("m.onnx", providers=(CUDA_EP,)).placed_options()    # another process's slot
+    two_gpus._confined = None                                      # this process
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    options, label = OnnxLoader("m.onnx", providers=(CUDA_EP,)).placed_options()
+    assert (options[CUDA_EP]["device_id"], label) == ("0", "cuda:1")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"

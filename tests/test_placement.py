@@ -175,3 +175,18 @@ def test_beams_sdk_processes_carry_the_mark_and_the_launcher_does_not():
     with beam.Pipeline(options=options) as p:
         seen = p | beam.Create(range(20)) | beam.Reshuffle() | beam.Map(_marked)
         assert_that(seen, check)
+
+
+def test_gpus_are_counted_without_cuda_python(monkeypatch):
+    """ONNX Runtime's GPU providers need no cuda-python: the count then comes from
+    CUDA_VISIBLE_DEVICES or NVML, else device 0 alone."""
+    import transforms.runtime.placement as placement
+
+    monkeypatch.setattr("transforms.runtime.cuda.cuda_python_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert placement.visible_count() == 2
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(placement, "_nvml_count", lambda: None)
+    assert placement.visible_count() == 1
+    monkeypatch.setattr(placement, "_nvml_count", lambda: 4)
+    assert placement.visible_count() == 4

@@ -40,6 +40,25 @@ def test_cuda_ep_matches_cpu(cuda_ep, tmp_path):
     np.testing.assert_allclose(outs["cuda"], outs["cpu"], rtol=1e-4, atol=1e-5)
 
 
+def test_cuda_ep_sessions_take_the_visible_gpus_in_turn(cuda_ep, tmp_path, monkeypatch):
+    """Placement gives each CUDA EP session a device_id (before, all ran on GPU 0): on one
+    GPU both land on cuda:0, on two the second on cuda:1; the session runs there."""
+    import transforms.runtime.placement as placement
+    from transforms.runtime.onnx import OnnxLoader
+
+    monkeypatch.setattr(placement, "COUNTER_FILE", str(tmp_path / "rr"))
+    path = tmp_path / "tiny.onnx"
+    make_linear_model(path, hw=(8, 8), classes=4)
+    n = placement.visible_count()
+    runners = [OnnxLoader(str(path), providers=("CUDAExecutionProvider",))() for _ in range(2)]
+    assert [r.info().device for r in runners] == [f"cuda:{i % n}" for i in range(2)]
+    for i, r in enumerate(runners):
+        opts = r.session.get_provider_options()["CUDAExecutionProvider"]
+        assert opts["device_id"] == str(i % n), opts
+        out = r.infer({r.info().inputs[0].name: np.zeros((1, 8, 8, 3), np.float32)})
+        assert next(iter(out.values())).shape[0] == 1
+
+
 def test_pipeline_on_cuda_ep_matches_cpu(cuda_ep, tmp_path):
     from pipeline.main import run
     from transforms.io import read_jsonl

@@ -36,6 +36,16 @@ def cudart() -> Any:
     return runtime
 
 
+def cuda_python_available() -> bool:
+    """Whether cuda-python imports (the TensorRT and DALI paths need it; ONNX Runtime's
+    GPU providers do not)."""
+    try:
+        cudart()
+    except CudaError:
+        return False
+    return True
+
+
 def check(result: Any, call: str) -> Any:
     """Unpack a cuda-python ``(err, *values)`` tuple, raising on any error."""
     rt = cudart()

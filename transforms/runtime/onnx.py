@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from transforms.runtime.storage import read_bytes, resolve_uri, sha256_hex
 LOG = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 32      # BatchElements' ceiling for a dynamic-batch model
+# execution providers that run on a GPU and take a device_id option
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -59,6 +61,10 @@ class OnnxLoader:
     input_dtype: Optional[str] = None
     example_shape: Optional[Tuple[int, ...]] = None
     intra_op_num_threads: Optional[int] = None
+    # GPU execution providers without a device_id: the GPU comes from placement (the
+    # round-robin over the worker's GPUs, or --gpu_device), as for TensorRT engines
+    device: Optional[int] = None
+    confine: bool = True      # narrow the SDK process to its GPU (placement.place)
 
     backend = "onnx"
 
@@ -66,7 +72,7 @@ class OnnxLoader:
         """(min, max) batch for BatchElements, known without loading the model."""
         return 1, DEFAULT_MAX_BATCH
 
-    def _session_providers(self, ort: Any) -> List[Any]:
+    def _session_providers(self, ort: Any, options: Dict[str, Dict[str, str]]) -> List[Any]:
         available = ort.get_available_providers()
         missing = [p for p in self.providers if p not in available]
         if missing:
@@ -75,8 +81,26 @@ class OnnxLoader:
             raise ModelLoadError(
                 f"onnx_providers: expected {missing} to be available, this onnxruntime "
                 f"{ort.__version__} has {available}{hint}")
-        options = {name: dict(opts) for name, opts in self.provider_options}
         return [(p, options.get(p, {})) for p in self.providers]
+
+    def placed_options(self) -> Tuple[Dict[str, Dict[str, str]], str]:
+        """The provider options with the GPU's ``device_id`` filled in, and the device as
+        records name it. Without this every session of a multi-GPU worker ran on GPU 0.
+        A ``device_id`` already set (by the user, or by the GPU path's loader, which places
+        first) is kept and nothing is placed again."""
+        options = {name: dict(opts) for name, opts in self.provider_options}
+        first = self.providers[0] if self.providers else "CPUExecutionProvider"
+        if first not in GPU_PROVIDERS:
+            return options, "cpu"
+        if "device_id" in options.get(first, {}):
+            return options, f"cuda:{options[first]['device_id']}"
+        from transforms.runtime.placement import place, visible_count
+
+        placed = place(self.device, confine=self.confine, count=visible_count)
+        for name in GPU_PROVIDERS:
+            if name in self.providers:
+                options.setdefault(name, {})["device_id"] = str(placed.cuda_index)
+        return options, f"cuda:{placed.device}"
 
     def __call__(self) -> "OnnxRunner":
         import onnxruntime as ort
@@ -87,7 +111,8 @@ class OnnxLoader:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.intra_op_num_threads:
             opts.intra_op_num_threads = self.intra_op_num_threads
-        providers = self._session_providers(ort)
+        options, device = self.placed_options()
+        providers = self._session_providers(ort, options)
         try:
             session = ort.InferenceSession(data, sess_options=opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
@@ -100,21 +125,22 @@ class OnnxLoader:
         node = check_declared_input(path, "model", declared_inputs(session.get_inputs()),
                                     self.input_name, self.input_dtype, self.example_shape)
         LOG.info("loaded %s on %s", path, got)
-        return OnnxRunner(session, self.model_uri, sha256_hex(data), node, got)
+        return OnnxRunner(session, self.model_uri, sha256_hex(data), node, got, device=device)
 
 
 class OnnxRunner(Runner):
     """One InferenceSession (thread-safe in ONNX Runtime, so no lock) and its facts."""
 
     def __init__(self, session: Any, model_uri: str, sha256: str, decl: DeclaredInput,
-                 providers: Sequence[str]) -> None:
+                 providers: Sequence[str], device: Optional[str] = None) -> None:
         super().__init__()
         self._session = session
         self._outputs = tuple(o.name for o in session.get_outputs())
         self._input = TensorInfo(decl.name, np.dtype(decl.dtype or np.float32).name,
                                  decl.shape[1:])
         fixed = decl.shape[0]
-        device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda:0"
+        if device is None:
+            device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda:0"
         self._info = RunnerInfo(
             backend="onnx", model_uri=model_uri, sha256=sha256, device=device,
             inputs=(self._input,), outputs=self._outputs,

@@ -133,7 +133,7 @@ def _nvml_count() -> Optional[int]:
 
 def place(requested: Optional[int] = None, confine: bool = True,
           env: MutableMapping[str, str] = os.environ,
-          started: Callable[[], bool] = cuda_started,
+          started: Optional[Callable[[], bool]] = None,
           visible: Optional[Callable[[], Optional[List[str]]]] = None,
           count: Optional[Callable[[], int]] = None,
           counter_file: Optional[str] = None) -> Placement:
@@ -162,7 +162,7 @@ def place(requested: Optional[int] = None, confine: bool = True,
                     f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')}); expected "
                     f"{_confined.device}, got {requested}")
             return _confined
-        narrow = confine and SDK_PROCESS_MARK in env and not started()
+        narrow = confine and SDK_PROCESS_MARK in env and not (started or cuda_started)()
         entries = (visible or (lambda: visible_without_cuda(env)))() if narrow else None
         if entries is not None:
             device = choose_device(requested, count=lambda: len(entries),
@@ -190,3 +190,16 @@ def set_placed_device(placed: Placement, env: MutableMapping[str, str] = os.envi
                         f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r}). "
                         f"Set CUDA_VISIBLE_DEVICES to the GPUs CUDA can use, or pass "
                         f"--model_copies to keep every GPU in view") from exc
+
+
+def visible_count() -> int:
+    """GPUs this process can use, where cuda-python may be absent (ONNX Runtime's GPU
+    providers need only onnxruntime-gpu): CUDA's count if cuda-python imports, else the
+    count found without CUDA (CUDA_VISIBLE_DEVICES or NVML), else 1: device 0, which is
+    where ONNX Runtime would have put the session anyway."""
+    from transforms.runtime.cuda import cuda_python_available, device_count
+
+    if cuda_python_available():
+        return device_count()
+    entries = visible_without_cuda()
+    return len(entries) if entries is not None else 1
