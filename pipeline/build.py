@@ -42,10 +42,11 @@ def onnx_loader(cfg: RunConfig, providers: Optional[Tuple[str, ...]] = None) -> 
 
 
 def one_copy_per_process(cfg: RunConfig) -> bool:
-    """Whether each SDK process holds its own model copy, so that it can be narrowed to
-    that copy's GPU (transforms/runtime/placement.place). With --model_copies Beam loads
-    every copy in one shared process, which must keep every GPU in view."""
-    return cfg.model_copies is None
+    """Whether each SDK process may be narrowed to its copy's GPU (transforms/runtime/
+    placement.place): it holds its own copy, and --no_gpu_narrowing is not set. With
+    --model_copies Beam loads every copy in one shared process, which must keep every GPU
+    in view."""
+    return cfg.model_copies is None and cfg.narrow_gpus
 
 
 def make_loader(cfg: RunConfig) -> Loader:

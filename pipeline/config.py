@@ -48,6 +48,8 @@ class RunConfig:
     preprocess: str = "cpu"
     dali: DaliOptions = field(default_factory=DaliOptions)
     gpu_device: Optional[int] = None    # None: round-robin over the visible GPUs
+    # False: SDK processes keep every GPU in view (other CUDA work in the same process)
+    narrow_gpus: bool = True
     # SDK processes start loading the scoring model as they start (runtime/prewarm.py)
     prewarm: bool = True
     # The failure budget (pipeline/budget.py): over either limit, the run exits non-zero.

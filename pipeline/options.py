@@ -170,6 +170,13 @@ class InferenceOptions(PipelineOptions):
         # set by the launcher, not by users: the scoring stage's loader, pickled, for the
         # SDK processes' early load (transforms/runtime/prewarm.py)
         g.add_argument("--prewarm_loader", default=None, help=argparse.SUPPRESS)
+        g.add_argument("--no_gpu_narrowing", dest="narrow_gpus", action="store_false",
+                       default=True,
+                       help="Keep every GPU visible in each SDK process. Default: an SDK "
+                            "process that holds its own model copy sees only the GPU that "
+                            "copy was placed on (CUDA_VISIBLE_DEVICES, set before CUDA "
+                            "starts), so nothing in it opens a context on another GPU. Use "
+                            "this when other transforms in the same process use other GPUs.")
         g.add_argument("--gpu_device", type=int, default=None,
                        help="Put every engine on this GPU. Default: each model copy takes the "
                             "next visible GPU in turn (round-robin across the worker's "
@@ -233,6 +240,7 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
                                       tuple(_csv(opts.onnx_providers))),
         dali=_dali_options(opts),
         gpu_device=opts.gpu_device,
+        narrow_gpus=opts.narrow_gpus,
         prewarm=not opts.no_prewarm,
         max_failed_fraction=opts.max_failed_fraction,
         max_failed=opts.max_failed,

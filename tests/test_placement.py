@@ -124,6 +124,20 @@ def test_pipeline_loaders_narrow_unless_copies_are_shared():
 
     assert one_copy_per_process(RunConfig(output="o", inputs=("x",))) is True
     assert one_copy_per_process(RunConfig(output="o", inputs=("x",), model_copies=2)) is False
+    assert one_copy_per_process(RunConfig(output="o", inputs=("x",), narrow_gpus=False)) is False
+
+
+def test_the_narrowing_option_reaches_the_config():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import InferenceOptions, config_from_options
+
+    def cfg(*extra):
+        argv = ["--input", "x", "--output", "o", *extra]
+        return config_from_options(PipelineOptions(argv).view_as(InferenceOptions))
+
+    assert cfg().narrow_gpus is True
+    assert cfg("--no_gpu_narrowing").narrow_gpus is False
 
 
 def test_a_device_cuda_refuses_in_a_narrowed_process_names_the_narrowing():
