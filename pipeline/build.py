@@ -38,10 +38,10 @@ def onnx_loader(cfg: RunConfig, providers: Optional[Tuple[str, ...]] = None) -> 
     return OnnxLoader(cfg.model, providers=providers or cfg.onnx_providers,
                       input_name=spec.input_name, input_dtype=spec.input_dtype,
                       example_shape=spec.input_shape(1)[1:], device=cfg.gpu_device,
-                      confine=one_copy_per_process(cfg))
+                      confine=may_narrow(cfg))
 
 
-def one_copy_per_process(cfg: RunConfig) -> bool:
+def may_narrow(cfg: RunConfig) -> bool:
     """Whether each SDK process may be narrowed to its copy's GPU (transforms/runtime/
     placement.place): it holds its own copy, and --no_gpu_narrowing is not set. With
     --model_copies Beam loads every copy in one shared process, which must keep every GPU
@@ -60,7 +60,7 @@ def make_loader(cfg: RunConfig) -> Loader:
             profile=cfg.trt_profile, optimization_level=cfg.trt_optimization_level,
             input_name=spec.input_name, input_dtype=spec.input_dtype,
             example_shape=spec.input_shape(1)[1:], device=cfg.gpu_device,
-            confine=one_copy_per_process(cfg))
+            confine=may_narrow(cfg))
     return onnx_loader(cfg)
 
 
@@ -70,7 +70,7 @@ def make_gpu_loader(cfg: RunConfig) -> Loader:
         return TrtDaliLoader(make_loader(cfg), cfg.spec, cfg.dali)
     return OnnxDaliLoader(onnx_loader(cfg), cfg.spec, cfg.dali,
                           max_batch=cfg.max_batch_size or DEFAULT_MAX_BATCH,
-                          device=cfg.gpu_device, confine=one_copy_per_process(cfg))
+                          device=cfg.gpu_device, confine=may_narrow(cfg))
 
 
 def scoring_loader(cfg: RunConfig) -> Loader:

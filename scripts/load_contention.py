@@ -49,7 +49,7 @@ def _load(engine: str, jpegs: List[str], barrier: Any, folder: str, dali: Dict[s
         from dataclasses import replace
 
         from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor
-        from transforms.runtime.placement import place, set_placed_device
+        from transforms.runtime.placement import place_current
         from transforms.runtime.tensorrt.gpu_runner import ENCODED, TrtDaliLoader
         from transforms.runtime.tensorrt.runner import TrtLoader
         from transforms.spec import OPEN_NSFW_SPEC
@@ -65,8 +65,7 @@ def _load(engine: str, jpegs: List[str], barrier: Any, folder: str, dali: Dict[s
     closers = []
     with startup.timed_part("load_total"):
         if part == "dali":
-            placed = place(None)
-            set_placed_device(placed)
+            placed = place_current()
             pre = DaliPreprocessor(spec, 64, DaliOptions(**dict(dali, device_id=placed.cuda_index)))
             run = pre.to_host
         elif part == "cpu_dali":
@@ -83,10 +82,11 @@ def _load(engine: str, jpegs: List[str], barrier: Any, folder: str, dali: Dict[s
             closers.append(runner.close)
             run = (lambda b: runner.infer({ENCODED: b})) if part == "full" else None
     if run is not None:
+        feed = list(batch) if part in ("dali", "cpu_dali") else batch
         with startup.timed_part("first_batch"):
-            run(list(batch) if part in ("dali", "cpu_dali") else batch)
+            run(feed)
         with startup.timed_part("second_batch"):
-            run(list(batch) if part in ("dali", "cpu_dali") else batch)
+            run(feed)
     startup.record("load_part", once=False, part="ready_since_barrier",
                    seconds=round(time.perf_counter() - start, 3))
     for close in closers:

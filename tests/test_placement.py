@@ -120,11 +120,11 @@ def test_asking_whether_cuda_started_does_not_start_it():
 
 
 def test_pipeline_loaders_narrow_unless_copies_are_shared():
-    from pipeline.build import one_copy_per_process
+    from pipeline.build import may_narrow
 
-    assert one_copy_per_process(RunConfig(output="o", inputs=("x",))) is True
-    assert one_copy_per_process(RunConfig(output="o", inputs=("x",), model_copies=2)) is False
-    assert one_copy_per_process(RunConfig(output="o", inputs=("x",), narrow_gpus=False)) is False
+    assert may_narrow(RunConfig(output="o", inputs=("x",))) is True
+    assert may_narrow(RunConfig(output="o", inputs=("x",), model_copies=2)) is False
+    assert may_narrow(RunConfig(output="o", inputs=("x",), narrow_gpus=False)) is False
 
 
 def test_the_narrowing_option_reaches_the_config():

@@ -25,6 +25,15 @@ DEFAULT_MAX_BATCH = 32      # BatchElements' ceiling for a dynamic-batch model
 # execution providers that run on a GPU and take a device_id option
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
+
+def set_device_ids(options: Dict[str, Dict[str, str]], providers: Sequence[str],
+                   device: int) -> Dict[str, Dict[str, str]]:
+    """``options`` with ``device_id`` set for each GPU provider in ``providers``."""
+    for name in GPU_PROVIDERS:
+        if name in providers:
+            options.setdefault(name, {})["device_id"] = str(device)
+    return options
+
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -97,10 +106,7 @@ class OnnxLoader:
         from transforms.runtime.placement import place, visible_count
 
         placed = place(self.device, confine=self.confine, count=visible_count)
-        for name in GPU_PROVIDERS:
-            if name in self.providers:
-                options.setdefault(name, {})["device_id"] = str(placed.cuda_index)
-        return options, f"cuda:{placed.device}"
+        return set_device_ids(options, self.providers, placed.cuda_index), f"cuda:{placed.device}"
 
     def __call__(self) -> "OnnxRunner":
         import onnxruntime as ort
@@ -132,15 +138,13 @@ class OnnxRunner(Runner):
     """One InferenceSession (thread-safe in ONNX Runtime, so no lock) and its facts."""
 
     def __init__(self, session: Any, model_uri: str, sha256: str, decl: DeclaredInput,
-                 providers: Sequence[str], device: Optional[str] = None) -> None:
+                 providers: Sequence[str], device: str) -> None:
         super().__init__()
         self._session = session
         self._outputs = tuple(o.name for o in session.get_outputs())
         self._input = TensorInfo(decl.name, np.dtype(decl.dtype or np.float32).name,
                                  decl.shape[1:])
         fixed = decl.shape[0]
-        if device is None:
-            device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda:0"
         self._info = RunnerInfo(
             backend="onnx", model_uri=model_uri, sha256=sha256, device=device,
             inputs=(self._input,), outputs=self._outputs,

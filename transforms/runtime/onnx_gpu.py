@@ -23,7 +23,8 @@ import numpy as np
 from transforms.runtime.batching import ENCODED_DTYPE
 from transforms.runtime.errors import ModelLoadError, SystemicError
 from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor, fill_bisecting
-from transforms.runtime.onnx import _ORT_DTYPES, DEFAULT_MAX_BATCH, OnnxLoader, OnnxRunner
+from transforms.runtime.onnx import (_ORT_DTYPES, DEFAULT_MAX_BATCH, OnnxLoader, OnnxRunner,
+                                     set_device_ids)
 from transforms.runtime.runner import Feeds, Runner, RunnerInfo, TensorInfo
 from transforms.runtime.tensorrt.gpu_runner import ENCODED, GPU_OK
 from transforms.spec import ModelSpec
@@ -32,9 +33,9 @@ CUDA_EP = "CUDAExecutionProvider"
 
 
 def with_device(loader: OnnxLoader, device: int) -> OnnxLoader:
-    """The loader with the CUDA EP's ``device_id`` set (other CUDA options kept)."""
-    options = {name: dict(opts) for name, opts in loader.provider_options}
-    options.setdefault(CUDA_EP, {})["device_id"] = str(device)
+    """The loader with its GPU providers' ``device_id`` set (other options kept)."""
+    options = set_device_ids({name: dict(opts) for name, opts in loader.provider_options},
+                             loader.providers, device)
     return replace(loader, provider_options=tuple(
         (name, tuple(sorted(opts.items()))) for name, opts in sorted(options.items())))
 
@@ -60,15 +61,14 @@ class OnnxDaliLoader:
         return 1, self.max_batch
 
     def __call__(self) -> "OnnxDaliRunner":
-        from transforms.runtime.placement import place, set_placed_device
+        from transforms.runtime.placement import place_current
 
         if not self.onnx.providers or self.onnx.providers[0] != CUDA_EP:
             raise ModelLoadError(f"--preprocess gpu with --backend onnx: expected "
                                  f"--onnx_providers {CUDA_EP} first, got "
                                  f"{list(self.onnx.providers)}")
-        placed = place(self.device, confine=self.confine)
+        placed = place_current(self.device, confine=self.confine)
         device = placed.cuda_index
-        set_placed_device(placed)
         runner = with_device(self.onnx, device)()
         try:
             pre = DaliPreprocessor(self.spec, self.max_batch, replace(self.dali, device_id=device))
@@ -83,7 +83,7 @@ class OnnxDaliRunner(Runner):
     """One ONNX Runtime session on one GPU, one DALI pipeline, device buffers owned here."""
 
     def __init__(self, runner: OnnxRunner, pre: DaliPreprocessor, spec: ModelSpec,
-                 device: int, max_batch: int, label: Optional[str] = None) -> None:
+                 device: int, max_batch: int, label: str) -> None:
         """``device``: the CUDA index in this process; ``label``: the GPU as the worker
         names it (they differ in a process narrowed to its GPU)."""
         from transforms.runtime import cuda
@@ -112,7 +112,7 @@ class OnnxDaliRunner(Runner):
             raise
         self._info = RunnerInfo(
             backend="onnx", model_uri=base.model_uri, sha256=base.sha256,
-            device=label or f"cuda:{device}", inputs=(TensorInfo(ENCODED, ENCODED_DTYPE, ()),),
+            device=label, inputs=(TensorInfo(ENCODED, ENCODED_DTYPE, ()),),
             # a model with a fixed batch keeps it (the handler pads short batches up to it)
             outputs=base.outputs + (GPU_OK,), min_batch=base.min_batch,
             opt_batch=base.max_batch or max_batch, max_batch=min(base.max_batch or max_batch,

@@ -174,6 +174,14 @@ def place(requested: Optional[int] = None, confine: bool = True,
     return Placement(device=device, cuda_index=device, confined=False)
 
 
+def place_current(requested: Optional[int] = None, confine: bool = True) -> Placement:
+    """``place``, then its device made current in this thread (``set_placed_device``):
+    what a loader does before its first CUDA call."""
+    placed = place(requested, confine=confine)
+    set_placed_device(placed)
+    return placed
+
+
 def set_placed_device(placed: Placement, env: MutableMapping[str, str] = os.environ,
                       set_device: Optional[Callable[[int], None]] = None) -> None:
     """Make the placement's device current in this thread. In a narrowed process a failure

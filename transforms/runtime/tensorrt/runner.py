@@ -109,15 +109,14 @@ class TrtLoader:
         return plan, sidecar, self.engine_uri
 
     def __call__(self) -> "TrtRunner":
-        from transforms.runtime.placement import place, set_placed_device
+        from transforms.runtime.placement import place_current
         from transforms.runtime.tensorrt.engine import trt_module, TrtEngine
 
         with startup.timed_part("import_tensorrt"):
             trt_module()                  # "tensorrt is not installed" before any CUDA call
         with startup.timed_part("cuda_init"):
-            placed = place(self.device, confine=self.confine)
+            placed = place_current(self.device, confine=self.confine)
             device = placed.cuda_index
-            set_placed_device(placed)
         with startup.timed_part("plan_read_check"):
             plan, sidecar, source = (self._from_cache(device) if self.engine_cache
                                      else self._from_uri(device))
@@ -136,7 +135,7 @@ class TrtRunner(Runner):
     """One engine, its context, buffers and stream; TrtEngine's lock serializes batches."""
 
     def __init__(self, engine: object, source: str, sha256: str, sidecar: Sidecar,
-                 label: Optional[str] = None) -> None:
+                 label: str) -> None:
         """``label``: the GPU as the worker names it (``cuda:N`` among its GPUs), which
         differs from the engine's CUDA index in a process narrowed to that GPU."""
         super().__init__()
@@ -147,7 +146,7 @@ class TrtRunner(Runner):
         lo, opt, hi = sidecar.min_batch, sidecar.opt_batch, sidecar.max_batch
         self._info = RunnerInfo(
             backend="tensorrt", model_uri=source, sha256=sha256,
-            device=label or f"cuda:{getattr(engine, 'device', 0)}",
+            device=label,
             inputs=inputs, outputs=tuple(t.name for t in sidecar.outputs),
             min_batch=lo, opt_batch=opt, max_batch=hi,
             details={"precision": sidecar.precision, "tensorrt": sidecar.tensorrt_version,
