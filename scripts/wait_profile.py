@@ -13,8 +13,12 @@ is the driver's resource manager, ``/dev/nvidia-uvm`` unified memory, ``/dev/nvi
     python scripts/wait_profile.py --json waits.json -- python scripts/load_contention.py \\
         --engine nsfw-b64.fp16.plan --jpegs 'corpus/*.jpg' --procs 32
 
-Prints the most sampled (state, wait channel, call, device) keys as a share of all thread
-samples, and writes every key with its count. Linux only; reading another process's
+Prints, per sampled process, how many of its threads were waiting for the NVIDIA driver's
+lock, in other driver calls, running, or asleep (and those as seconds of the run); then the
+most sampled (state, wait channel, call, device) keys as a share of all thread samples,
+with the driver's requests named (``NV_ESC_RM_CONTROL``...). The JSON has every key with its
+count. On two H200s it showed 32 loading processes each with 0.72 threads waiting for the
+driver's lock over a 43 s run: 31 of its 34.5 s load (docs/benchmarks.md, seventh session). Linux only; reading another process's
 ``syscall`` needs the same user (or root), which a command and its children are.
 """
 
@@ -27,7 +31,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Counter, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Counter, Dict, Iterable, List, Optional, Tuple
 
 # x86-64 numbers of the calls a loading process spends its time in (asm/unistd_64.h)
 SYSCALLS = {0: "read", 1: "write", 3: "close", 7: "poll", 9: "mmap", 10: "mprotect",
@@ -39,6 +43,21 @@ SYSCALLS = {0: "read", 1: "write", 3: "close", 7: "poll", 9: "mmap", 10: "mprote
             271: "ppoll", 281: "epoll_pwait", 435: "clone3"}
 
 Key = Tuple[str, str, str, str]          # (state, wchan, call, device or "")
+
+# The NVIDIA driver's ioctl requests: magic 'F', the escape code in the low byte (the
+# open kernel modules' nv_escape.h and nv-ioctl-numbers.h). RM_CONTROL is a generic call
+# whose real command sits in its payload, so it names a class of request, not one operation.
+NV_IOCTL_MAGIC = ord("F")
+NV_ESCAPES = {0x27: "RM_ALLOC_MEMORY", 0x28: "RM_ALLOC_OBJECT", 0x29: "RM_FREE",
+              0x2A: "RM_CONTROL", 0x2B: "RM_ALLOC", 0x34: "RM_DUP_OBJECT", 0x35: "RM_SHARE",
+              0x4A: "RM_VID_HEAP_CONTROL", 0x4E: "RM_MAP_MEMORY", 0x4F: "RM_UNMAP_MEMORY",
+              0x57: "RM_MAP_MEMORY_DMA", 0x58: "RM_UNMAP_MEMORY_DMA", 200: "CARD_INFO",
+              201: "REGISTER_FD", 206: "ALLOC_OS_EVENT", 207: "FREE_OS_EVENT",
+              210: "CHECK_VERSION_STR", 212: "ATTACH_GPUS_TO_FD"}
+
+# What a sampled thread was doing, for the per-process summary (first match wins)
+CLASSES = ("waiting for the NVIDIA driver's lock", "in another NVIDIA driver call", "running",
+           "other uninterruptible wait", "sleeping (futex, poll, ...)")
 
 
 def descendants(root: int, parents: Optional[Dict[int, int]] = None) -> List[int]:
@@ -100,7 +119,51 @@ def parse_syscall(text: str, pid: int) -> Tuple[str, str]:
         target = os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}")
     except (OSError, ValueError):
         target = "?"
-    return f"ioctl {fields[2]}", target
+    return f"ioctl {ioctl_name(fields[2])}", target
+
+
+def ioctl_name(request: str) -> str:
+    """``0xc020462a`` -> ``0xc020462a NV_ESC_RM_CONTROL`` for the NVIDIA driver's requests;
+    any other request as it came."""
+    try:
+        number = int(request, 16)
+    except ValueError:
+        return request
+    if (number >> 8) & 0xFF != NV_IOCTL_MAGIC:
+        return request
+    code = number & 0xFF
+    return f"{request} NV_ESC_{NV_ESCAPES.get(code, hex(code))}"
+
+
+def classify(state: str, wchan: str, call: str, device: str) -> str:
+    """One of CLASSES. The driver serialises its resource-manager calls behind locks taken
+    in ``os_acquire_rwlock``/``os_acquire_mutex``/``os_acquire_spinlock``; a thread
+    asleep there waits for another caller, anywhere on the host."""
+    nvidia = call.startswith("ioctl") and device.startswith("/dev/nvidia")
+    if state == "D" and wchan.startswith("os_acquire_"):
+        return CLASSES[0]
+    if nvidia and state in "DR":
+        return CLASSES[1]
+    if state == "R":
+        return CLASSES[2]
+    if state == "D":
+        return CLASSES[3]
+    return CLASSES[4]
+
+
+def per_process(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Each class as threads per sampled process (a mean over the rounds) and as seconds of
+    one process's run: what the per-key shares hide when most threads idle in pools."""
+    process_samples = result["process_samples"]
+    totals: Counter[str] = collections.Counter()
+    for r in result["keys"]:
+        totals[classify(r["state"], r["wchan"], r["call"], r["device"])] += r["thread_samples"]
+    rows = []
+    for name in CLASSES:
+        threads = totals[name] / process_samples if process_samples else 0.0
+        rows.append({"class": name, "threads_per_process": round(threads, 3),
+                     "thread_s_per_process": round(threads * result["wall_s"], 1)})
+    return rows
 
 
 def sample(pids: Iterable[int]) -> List[Key]:
@@ -122,17 +185,18 @@ def profile(argv: List[str], interval: float) -> Dict[str, object]:
     start = time.monotonic()
     proc = subprocess.Popen(argv)
     counts: Counter[Key] = collections.Counter()
-    samples = 0
+    samples = process_samples = 0
     while proc.poll() is None:
-        keys = sample(descendants(proc.pid))
-        counts.update(keys)
+        pids = descendants(proc.pid)
+        counts.update(sample(pids))
         samples += 1
+        process_samples += len(pids)
         time.sleep(interval)
     total = sum(counts.values())
     rows = [{"state": k[0], "wchan": k[1], "call": k[2], "device": k[3], "thread_samples": n,
              "share": round(n / total, 4) if total else 0.0} for k, n in counts.most_common()]
     return {"command": argv, "returncode": proc.returncode, "interval_s": interval,
-            "rounds": samples, "thread_samples": total,
+            "rounds": samples, "process_samples": process_samples, "thread_samples": total,
             "wall_s": round(time.monotonic() - start, 2), "keys": rows}
 
 
@@ -147,6 +211,12 @@ def main() -> int:
     if not argv:
         ap.error("expected a command after --")
     result = profile(argv, a.interval)
+    result["per_process"] = per_process(result)
+    print(f"| what a process's threads were doing | threads (mean) | thread-s of "
+          f"{result['wall_s']} s |")
+    print("| --- | ---: | ---: |")
+    for r in result["per_process"]:
+        print(f"| {r['class']} | {r['threads_per_process']} | {r['thread_s_per_process']} |")
     print(f"| state | kernel wait channel | call | device | share of {result['thread_samples']} "
           f"thread samples |")
     print("| --- | --- | --- | --- | ---: |")
