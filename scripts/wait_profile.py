@@ -51,9 +51,10 @@ NV_IOCTL_MAGIC = ord("F")
 NV_ESCAPES = {0x27: "RM_ALLOC_MEMORY", 0x28: "RM_ALLOC_OBJECT", 0x29: "RM_FREE",
               0x2A: "RM_CONTROL", 0x2B: "RM_ALLOC", 0x34: "RM_DUP_OBJECT", 0x35: "RM_SHARE",
               0x4A: "RM_VID_HEAP_CONTROL", 0x4E: "RM_MAP_MEMORY", 0x4F: "RM_UNMAP_MEMORY",
-              0x57: "RM_MAP_MEMORY_DMA", 0x58: "RM_UNMAP_MEMORY_DMA", 200: "CARD_INFO",
-              201: "REGISTER_FD", 206: "ALLOC_OS_EVENT", 207: "FREE_OS_EVENT",
-              210: "CHECK_VERSION_STR", 212: "ATTACH_GPUS_TO_FD"}
+              0x57: "RM_MAP_MEMORY_DMA", 0x58: "RM_UNMAP_MEMORY_DMA",
+              0x5E: "RM_UPDATE_DEVICE_MAPPING_INFO", 200: "CARD_INFO", 201: "REGISTER_FD",
+              206: "ALLOC_OS_EVENT", 207: "FREE_OS_EVENT", 210: "CHECK_VERSION_STR",
+              212: "ATTACH_GPUS_TO_FD", 214: "SYS_PARAMS"}
 
 # What a sampled thread was doing, for the per-process summary (first match wins)
 CLASSES = ("waiting for the NVIDIA driver's lock", "in another NVIDIA driver call", "running",
