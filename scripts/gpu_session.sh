@@ -10,6 +10,7 @@
 #     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads
 #   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m) read-join
 #   plans between leases: plans-out (files back), plans-in (carry .plans)
+#   longer than one call: BG_STEPS="..." bg-start, then bg-wait (as often as needed)
 #   issue 12/11 (after `test` or `nsfw-plan`, which build open_nsfw.fp16.plan): soak-gpu
 #     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus contexts load-waits load-variants
 set -uo pipefail
@@ -337,6 +338,33 @@ PY
       ls -la $ENG ;;
     plans-in)     # .plans/*.tgz (carried) into the engine folder
       for t in .plans/*.tgz; do tar xzf "$t" -C $ENG; done; ls -la $ENG ;;
+    bg-start)     # BG_STEPS (e.g. "gpus tar-out") in a new process session, so they outlive this
+                  # call (the device tool kills a call's leftover processes, but not a setsid
+                  # one): a run longer than one call's 10 minutes, such as 8M URIs on one GPU.
+                  # They run from a copy of the tree (the next call re-copies the working tree)
+                  # and write to $W/bg-out; bg-wait collects them. The env (GPUS_*) goes along.
+      [ -f $W/bg.running ] && { echo "bg-start: $(cat $W/bg.running) still running"; exit 2; }
+      rm -rf $W/bg-repo $W/bg-out $W/bg.done; mkdir -p $W/bg-repo $W/bg-out
+      tar cf - --exclude='./.gpu*' --exclude='./.venv*' --exclude=./.git --exclude=./.whl \
+        --exclude=./.plans . | tar xf - -C $W/bg-repo
+      echo "${BG_STEPS:?BG_STEPS: the steps to run in the background}" > $W/bg.running
+      # setsid -f: the new session's leader is forked off at once, holding none of this
+      # call's descriptors (a pipe held open would keep the call waiting for the steps)
+      ( cd $W/bg-repo && setsid -f bash -c "OUT=$W/bg-out bash scripts/gpu_session.sh $BG_STEPS \
+          > $W/bg.log 2>&1; echo \$? > $W/bg.done; rm -f $W/bg.running" < /dev/null > /dev/null 2>&1 )
+      echo "bg-start: $BG_STEPS started $(date -u +%T), log $W/bg.log" ;;
+    bg-wait)      # up to BG_WAIT seconds (default 560) for bg-start's steps; when they have
+                  # ended, their log and $W/bg-out come back in this call's $OUT
+      end=$(( $(date +%s) + ${BG_WAIT:-560} ))
+      while [ ! -f $W/bg.done ] && [ -f $W/bg.running ] && [ $(date +%s) -lt $end ]; do sleep 5; done
+      if [ -f $W/bg.done ]; then
+        echo "bg-wait: ended with exit code $(cat $W/bg.done) $(date -u +%T)"
+        tail -40 $W/bg.log; cp $W/bg.log "$OUT/bg.log"; cp -r $W/bg-out/. "$OUT/"
+      elif [ -f $W/bg.running ]; then
+        echo "bg-wait: $(cat $W/bg.running) still running $(date -u +%T)"; tail -5 $W/bg.log
+      else
+        echo "bg-wait: nothing was started (bg-start)"; exit 2
+      fi ;;
     tar-out)      # the device tool brings back few files per run: fold $OUT into one archive
       ( cd "$OUT" && tar czf /tmp/out-$$.tgz --exclude='*.tgz' . && find . -type f ! -name '*.tgz' -delete \
         && mv /tmp/out-$$.tgz "$OUT/out-$(date -u +%H%M%S).tgz" ) ;;
