@@ -303,14 +303,15 @@ PY
       trt_env
       d=$(corpus_500)
       n=$(( 16 * $(nvidia-smi -L | wc -l) ))
-      # 16 per GPU as is (each process narrowed to its GPU); then bisected: the graph on
-      # DALI's CPU backend after the engine (no CUDA in DALI's build), DALI alone on the
-      # GPU (no engine), the engine alone; the graph without its JPEG round trip (no
-      # nvJPEG encoder); DALI's pinned memory restricted; device memory from
-      # cudaMallocAsync; CUDA modules loaded eagerly. Already ruled out at 32 (sixth session):
-      # NVML held, DALI_DISABLE_NVML=1, --hw_decoder_load 0. The SDK-process mark makes
-      # placement narrow each loading process as Beam's would be.
-      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---procs $n;--procs $n --part cpu_dali;--procs $n --part dali;--procs $n --part engine;--procs $n --no_jpeg_roundtrip;--procs $n --env DALI_RESTRICT_PINNED_MEM=1;--procs $n --env DALI_USE_CUDA_MALLOC_ASYNC=1;--procs $n --env CUDA_MODULE_LOADING=EAGER}"
+      # 16 per GPU as is (each process narrowed to its GPU), then what has not been tried:
+      # nvJPEG's buffers not padded at the build (the decoder's host and device paddings,
+      # 8 and 16 MiB per thread, allocated under the driver's lock), DALI's pinned memory
+      # restricted, CUDA modules loaded eagerly. Ruled out at 32 (sixth and seventh
+      # sessions): NVML held, DALI_DISABLE_NVML=1, --hw_decoder_load 0, --dali_threads 1,
+      # no JPEG round trip, DALI_USE_VMM=0, DALI_USE_CUDA_MALLOC_ASYNC=1. Bisected
+      # (seventh): --part dali 27 s, --part cpu_dali 7.5 s, --part engine 6.7 s. The
+      # SDK-process mark makes placement narrow each loading process as Beam's would be.
+      IFS=';' read -ra variants <<< "${LOAD_VARIANTS:---procs $n;--procs $n --decoder host_memory_padding=0 --decoder device_memory_padding=0;--procs $n --env DALI_RESTRICT_PINNED_MEM=1;--procs $n --env CUDA_MODULE_LOADING=EAGER}"
       i=0
       for v in "${variants[@]}"; do
         i=$((i + 1)); echo "--- variant $i: $v"

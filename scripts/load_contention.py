@@ -57,6 +57,13 @@ def _load(engine: str, jpegs: List[str], barrier: Any, folder: str, dali: Dict[s
     spec = OPEN_NSFW_SPEC if how["roundtrip"] else replace(OPEN_NSFW_SPEC,
                                                            jpeg_roundtrip_quality=None)
     part = how["part"]
+    if how.get("decoder"):
+        # a diagnostic: the product's graph with these arguments added to its decoder
+        # (nvJPEG's buffer paddings and preallocation, which the build allocates)
+        import functools
+
+        import nvidia.dali.fn as dali_fn
+        dali_fn.decoders.image = functools.partial(dali_fn.decoders.image, **how["decoder"])
     import numpy as np
 
     batch = np.empty(len(jpegs), dtype=object)
@@ -101,7 +108,8 @@ def one(n: int, a: argparse.Namespace, jpegs: List[str]) -> Dict[str, Any]:
     barrier = ctx.Barrier(n)
     dali = {k: v for k, v in (("threads", a.dali_threads),
                               ("hw_decoder_load", a.hw_decoder_load)) if v is not None}
-    how = {"part": a.part, "hold_nvml": a.hold_nvml, "roundtrip": not a.no_jpeg_roundtrip}
+    how = {"part": a.part, "hold_nvml": a.hold_nvml, "roundtrip": not a.no_jpeg_roundtrip,
+           "decoder": a.decoder_args}
     procs = [ctx.Process(target=_load, args=(a.engine, jpegs, barrier, folder, dali, how))
              for _ in range(n)]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
@@ -134,6 +142,23 @@ def parse_env(pairs: List[str]) -> Optional[Dict[str, str]]:
     return env
 
 
+def parse_decoder(pairs: List[str]) -> Optional[Dict[str, Any]]:
+    """{argument: value} for fn.decoders.image from NAME=VALUE strings, the values read as
+    Python literals (0, 0.5, True) or kept as text; None if one is not of that shape."""
+    import ast
+
+    args: Dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.isidentifier():
+            return None
+        try:
+            args[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            args[name] = text
+    return args
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--engine", required=True, help="a plan with its sidecar")
@@ -157,8 +182,14 @@ def main() -> int:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in every loading process (e.g. CUDA_MODULE_LOADING=LAZY, "
                          "DALI_USE_VMM=0); repeatable")
+    ap.add_argument("--decoder", action="append", default=[], metavar="NAME=VALUE",
+                    help="an argument added to the graph's fn.decoders.image (e.g. "
+                         "host_memory_padding=0, device_memory_padding=0); repeatable")
     ap.add_argument("--json")
     a = ap.parse_args()
+    a.decoder_args = parse_decoder(a.decoder)
+    if a.decoder_args is None:
+        ap.error(f"--decoder: expected NAME=VALUE, got {a.decoder!r}")
     if a.engine_only:
         a.part = "engine"
     env = parse_env(a.env)
