@@ -7,7 +7,7 @@
 #   ort step  (after ../shared/gpu/pack is unpacked):     ort
 #   ORT GPU path (pack with nvidia-dali-cuda130, after trt-scores under pack-trt): ort-gpu
 #   GPU preprocessing (pack-trt with nvidia-dali-cuda120 nvidia-ml-py):
-#     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads
+#     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads dali-stages
 #   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m) read-join
 #   plans between leases: plans-out (files back), plans-in (carry .plans)
 #   longer than one call: BG_STEPS="..." bg-start, then bg-wait (as often as needed)
@@ -249,6 +249,16 @@ PY
       d=$(corpus_500)
       python scripts/dali_vs_pillow.py "$d/imagenet-*.jpg" samples/*.jpg --gpu \
         --json "$OUT/dali-vs-pillow-gpu.json" 2>&1 | grep -E "^\||mean pixel" | tee "$OUT/dali-agree.log" ;;
+    dali-stages)  # issue 10: where a DALI batch's time goes, decode / resize and crop / the
+                  # rest of the graph, in one process: 1,000 uploads photos, then imagenet's 500
+      trt_env
+      d=$W/corpus-uploads-1k
+      [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile uploads --count 1000 \
+        --output $d > /dev/null
+      python scripts/dali_stage_cost.py "$d/uploads-*" --label "uploads, 1,000 generated, $GPU_TAG" \
+        --json "$OUT/dali-stages-uploads-$GPU_TAG.json" 2>&1 | grep -E "^\||rror"
+      python scripts/dali_stage_cost.py "$(corpus_500)/imagenet-*" --label "imagenet, 500, $GPU_TAG" \
+        --json "$OUT/dali-stages-imagenet-$GPU_TAG.json" 2>&1 | grep -E "^\||rror" ;;
     links)        # LINKS_TOTAL distinct URIs over the imagenet corpus's photos, hard links in
                   # corpus-imagenet$LINKS_SUFFIX (a run of millions without millions of photos)
       trt_env
