@@ -217,6 +217,29 @@ def test_gpus_runs_split_over_two_calls_and_merged(tmp_path):
         merged_runs(dict(base, images=1000), str(path))
 
 
+def test_fixed_time_and_the_images_a_speedup_needs():
+    """The seventh session's 4M runs on two H200s: 27.3 s and 58.3 s outside the scoring
+    stages, which ran at 11,222 and 21,780 images/s; 1.59x end to end at 4M, 1.7x from
+    about 6.5M images per worker, and never 2.0x (the stages' own ratio is 1.94)."""
+    from pipeline.benchmark.gpus import fixed_seconds, images_for_speedup, summarize_runs
+
+    one = {"ok": 4000000, "images_per_s": 10423.0, "main_stage_s": 356.434,
+           "main_stage_images_per_s": 11222.3, "images_by_device": {"cuda:0": 4000000}}
+    two = {"ok": 4000000, "images_per_s": 16533.4, "main_stage_s": 183.653,
+           "main_stage_images_per_s": 21780.2,
+           "images_by_device": {"cuda:0": 2000382, "cuda:1": 1999618}}
+    assert fixed_seconds(one) == 27.3 and fixed_seconds(two) == 58.3
+    assert 6.4e6 < images_for_speedup(one, two, 1.7) < 6.6e6
+    assert images_for_speedup(one, two, 1.5) < 4e6     # already past it at 4M
+    assert images_for_speedup(one, two, 2.0) is None
+    assert fixed_seconds({"ok": 10, "images_per_s": 5.0}) is None    # no stage table
+    record = {"runs": {"one_gpu": dict(one), "all_gpus": dict(two)}}
+    summarize_runs(record, 2)
+    assert record["runs"]["all_gpus"]["fixed_s"] == 58.3
+    assert set(record["images_for_speedup"]) == {"1.5", "1.7", "1.9"}
+    assert record["images_for_speedup"]["1.7"] == images_for_speedup(one, two, 1.7)
+
+
 def test_pipeline_ratios_table_and_report(tmp_path, capsys):
     """The issues' bars computed from one run's figures, and several runs in one table."""
     from pipeline.benchmark import main as bench_main, ratios

@@ -84,6 +84,34 @@ def merged_runs(record: Dict[str, Any], path: Optional[str]) -> Dict[str, Any]:
     return dict(earlier.get("runs", {}))
 
 
+SPEEDUP_TARGETS = (1.5, 1.7, 1.9)
+
+
+def fixed_seconds(run: Dict[str, Any]) -> Optional[float]:
+    """A run's time outside its scoring stage (start-up, the stages before it, the tail):
+    its wall less the scoring stage, the part that does not grow with the images."""
+    ok, rate, stage = run.get("ok"), run.get("images_per_s"), run.get("main_stage_s")
+    if not ok or not rate or stage is None:
+        return None
+    return round(ok / rate - stage, 1)
+
+
+def images_for_speedup(one: Dict[str, Any], two: Dict[str, Any],
+                       target: float) -> Optional[int]:
+    """How many images a worker must score before the all-GPU run is ``target`` times the
+    one-GPU run end to end, each modelled as its fixed time plus images at its scoring
+    stage's rate (the time a run's wall grows by per image). None if it never gets there
+    (the stages' own ratio is at most the target) or a figure is missing."""
+    f1, f2 = fixed_seconds(one), fixed_seconds(two)
+    r1, r2 = one.get("main_stage_images_per_s"), two.get("main_stage_images_per_s")
+    if None in (f1, f2) or not r1 or not r2:
+        return None
+    per_image = 1 / r1 - target / r2          # seconds the gap closes by, per image
+    if per_image <= 0:
+        return None
+    return max(0, round((target * f2 - f1) / per_image))
+
+
 def summarize_runs(record: Dict[str, Any], gpus: int) -> None:
     """The top-level keys (issue 13's names) from whichever runs the record holds."""
     runs = record["runs"]
@@ -102,6 +130,11 @@ def summarize_runs(record: Dict[str, Any], gpus: int) -> None:
     record["speedup_main_stage"] = (_ratio(runs["all_gpus"].get("main_stage_images_per_s"),
                                            runs["one_gpu"].get("main_stage_images_per_s"))
                                     if both else None)
+    for r in runs.values():
+        r["fixed_s"] = fixed_seconds(r)
+    record["images_for_speedup"] = ({f"{t}": images_for_speedup(runs["one_gpu"],
+                                                               runs["all_gpus"], t)
+                                     for t in SPEEDUP_TARGETS} if both else None)
     by_device = runs.get("all_gpus", {}).get("images_by_device", {})
     total = sum(by_device.values())
     record["all_gpus_share_by_device"] = {
@@ -173,5 +206,9 @@ def cmd_gpus(a: argparse.Namespace) -> int:
     print(f"speedup all/one: {_fmt(record['speedup'], digits=2)} end to end, "
           f"{_fmt(record['speedup_steady'], digits=2)} steady, "
           f"{_fmt(record['speedup_main_stage'], digits=2)} scoring stage")
+    if record.get("images_for_speedup"):
+        print("images per worker for the all-GPU run to reach, end to end: " + ", ".join(
+            f"{t}x {_fmt(n, digits=0) if n is not None else 'never'}"
+            for t, n in record["images_for_speedup"].items()))
     return 0 if all(runs[n]["returncode"] == 0 for n in plan) else 3
 
