@@ -14,6 +14,8 @@
 #   MAX_WORKERS (4)                DISK_SIZE_GB (100)   HARNESS_THREADS (2)
 #   SDK_PROCESSES (per-vcpu, or 1: one SDK process per worker with HARNESS_THREADS threads)
 #   MAX_BATCH (32)                 JOB_NAME (beam-trt-inference-<UTC time>)
+#   MPS (0; 1: NVIDIA's Multi-Process Service on each worker's GPU, use_nvidia_mps: the SDK
+#        processes share one GPU context; Dataflow allows it with GPU_COUNT=1 only)
 #   WAIT (1: block until the job ends, print the summary and exit 3 when over the failure
 #         budget, --max_failed_fraction / --max_failed; 0: return once submitted)
 #
@@ -45,6 +47,8 @@ BACKEND=${BACKEND:-tensorrt}
 GPU_TYPE=${GPU_TYPE:-nvidia-l4}
 GPU_COUNT=${GPU_COUNT:-1}
 JOB_NAME=${JOB_NAME:-beam-trt-inference-$(date -u +%Y%m%d-%H%M%S)}
+MPS_OPTION=""
+[ "${MPS:-0}" = 1 ] && MPS_OPTION=";use_nvidia_mps"   # preflight refuses it with GPU_COUNT > 1
 
 cmd=(python -m pipeline.main
   --runner DataflowRunner
@@ -52,7 +56,7 @@ cmd=(python -m pipeline.main
   --temp_location "gs://$BUCKET/tmp" --staging_location "gs://$BUCKET/staging"
   --sdk_container_image "$IMAGE" --sdk_location container
   --setup_file ./setup.py
-  --dataflow_service_options "worker_accelerator=type:$GPU_TYPE;count:$GPU_COUNT;install-nvidia-driver"
+  --dataflow_service_options "worker_accelerator=type:$GPU_TYPE;count:$GPU_COUNT;install-nvidia-driver${MPS_OPTION}"
   --machine_type "${MACHINE_TYPE:-g2-standard-8}"
   --max_num_workers "${MAX_WORKERS:-4}"
   --disk_size_gb "${DISK_SIZE_GB:-100}"

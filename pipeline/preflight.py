@@ -14,7 +14,7 @@ from typing import Dict, Optional
 
 import apache_beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (GoogleCloudOptions,
+from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptions,
                                                   PipelineOptions, SetupOptions,
                                                   StandardOptions, WorkerOptions)
 
@@ -74,11 +74,12 @@ def check_run_id_unused(output: str, run_id: str) -> None:
 
 
 def parse_accelerator(service_options: Optional[list]) -> Optional[Dict[str, str]]:
-    """worker_accelerator=type:T;count:N;install-nvidia-driver -> {type, count, driver}."""
+    """worker_accelerator=type:T;count:N;install-nvidia-driver[;use_nvidia_mps] ->
+    {type, count, driver, mps}."""
     for opt in service_options or []:
         if opt.startswith("worker_accelerator="):
             parts = opt.split("=", 1)[1].split(";")
-            out = {"driver": "install-nvidia-driver" in parts}
+            out = {"driver": "install-nvidia-driver" in parts, "mps": "use_nvidia_mps" in parts}
             for part in parts:
                 if ":" in part:
                     k, v = part.split(":", 1)
@@ -108,6 +109,8 @@ def check_dataflow(options: PipelineOptions, cfg: RunConfig) -> None:
         if not acc["driver"]:
             raise ConfigError("worker_accelerator: expected install-nvidia-driver; without it "
                               "the workers have no GPU driver")
+        if acc["mps"]:
+            check_mps(str(acc.get("count")), options)
     image = options.view_as(WorkerOptions).sdk_container_image
     if image:
         if options.view_as(SetupOptions).sdk_location != "container":
@@ -118,6 +121,20 @@ def check_dataflow(options: PipelineOptions, cfg: RunConfig) -> None:
     elif needs_gpu:
         raise ConfigError("--sdk_container_image: expected the GPU image built from "
                           "tensor_rt.dockerfile, got none")
+
+
+def check_mps(count: str, options: PipelineOptions) -> None:
+    """use_nvidia_mps: Dataflow runs NVIDIA's Multi-Process Service only on workers with one
+    GPU, and MPS only helps where several SDK processes share it."""
+    if count != "1":
+        raise ConfigError(f"worker_accelerator: use_nvidia_mps expected count:1 (Dataflow "
+                          f"runs MPS only on workers with a single GPU), got count:{count}")
+    experiments = options.view_as(DebugOptions).experiments or []
+    if "no_use_multiple_sdk_containers" in experiments:
+        raise ConfigError("worker_accelerator: use_nvidia_mps expected several SDK "
+                          "processes per worker to share the GPU, got "
+                          "--experiments=no_use_multiple_sdk_containers (one process; "
+                          "unset SDK_PROCESSES=1 or drop MPS=1)")
 
 
 def check_image_beam_version(image: str, launcher: str) -> None:

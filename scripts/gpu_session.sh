@@ -11,6 +11,7 @@
 #   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m) read-join
 #   plans between leases: plans-out (files back), plans-in (carry .plans)
 #   longer than one call: BG_STEPS="..." bg-start, then bg-wait (as often as needed)
+#   with NVIDIA MPS: mps-on <steps> mps-off (e.g. mps-on load-variants mps-off)
 #   issue 12/11 (after `test` or `nsfw-plan`, which build open_nsfw.fp16.plan): soak-gpu
 #     profile-cpu scale;  issue 13 on a machine with several GPUs: nsfw-plan gpus contexts load-waits load-variants
 set -uo pipefail
@@ -376,6 +377,17 @@ PY
       else
         echo "bg-wait: nothing was started (bg-start)"; exit 2
       fi ;;
+    mps-on)       # NVIDIA's Multi-Process Service for the steps that follow (Dataflow's
+                  # use_nvidia_mps on one-GPU workers, run_dataflow.sh MPS=1): the processes
+                  # share one context per GPU. The daemon is its own session, so it lasts
+                  # across calls until mps-off. GPU settings (compute mode) are left as they are.
+      if ! command -v nvidia-cuda-mps-control > /dev/null; then
+        echo "mps-on: no nvidia-cuda-mps-control on this machine"; exit 2
+      fi
+      nvidia-cuda-mps-control -d && sleep 1 && echo "mps-on: control daemon started" \
+        && nvidia-smi --query-gpu=index,compute_mode --format=csv,noheader ;;
+    mps-off)
+      echo quit | nvidia-cuda-mps-control && echo "mps-off: control daemon stopped" ;;
     tar-out)      # the device tool brings back few files per run: fold $OUT into one archive
       ( cd "$OUT" && tar czf /tmp/out-$$.tgz --exclude='*.tgz' . && find . -type f ! -name '*.tgz' -delete \
         && mv /tmp/out-$$.tgz "$OUT/out-$(date -u +%H%M%S).tgz" ) ;;

@@ -97,6 +97,11 @@ def test_run_dataflow_sh_dry_run():
                          capture_output=True, text=True, check=True).stdout.split()
     assert one[one.index("--experiments") + 1] == "no_use_multiple_sdk_containers"
     assert one[one.index("--number_of_worker_harness_threads") + 1] == "8"
+    mps = subprocess.run(["bash", str(ROOT / "run_dataflow.sh"), "--dry-run"],
+                         env=dict(env, MPS="1"), capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert mps[mps.index("--dataflow_service_options") + 1].replace("\\", "") == (
+        "worker_accelerator=type:nvidia-h100-80gb;count:1;install-nvidia-driver;use_nvidia_mps")
 
 
 def test_run_dataflow_sh_names_missing_settings():

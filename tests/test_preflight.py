@@ -22,14 +22,17 @@ def _check(*flags: str, backend: str = "tensorrt") -> None:
 
 
 def test_parse_accelerator():
-    assert parse_accelerator([GPU, "x=y"]) == {"driver": True, "type": "nvidia-l4",
-                                               "count": "1"}
+    assert parse_accelerator([GPU, "x=y"]) == {"driver": True, "mps": False,
+                                               "type": "nvidia-l4", "count": "1"}
+    assert parse_accelerator([GPU + ";use_nvidia_mps"])["mps"] is True
     assert parse_accelerator(["x=y"]) is None
 
 
 def test_good_dataflow_gpu_job_passes():
     _check("--dataflow_service_options", GPU, "--sdk_container_image", IMAGE,
            "--sdk_location", "container")
+    _check("--dataflow_service_options", GPU + ";use_nvidia_mps", "--sdk_container_image",
+           IMAGE, "--sdk_location", "container")
 
 
 @pytest.mark.parametrize("flags,match", [
@@ -46,6 +49,13 @@ def test_good_dataflow_gpu_job_passes():
      "expected worker_accelerator=type:GPU;count:N;install-nvidia-driver for a GPU backend"),
     (["--dataflow_service_options", GPU, "--sdk_container_image", IMAGE],
      "--sdk_location: expected 'container'"),
+    (["--dataflow_service_options", GPU.replace("count:1", "count:2") + ";use_nvidia_mps",
+      "--sdk_container_image", IMAGE, "--sdk_location", "container"],
+     "use_nvidia_mps expected count:1 .*single GPU.*, got count:2"),
+    (["--dataflow_service_options", GPU + ";use_nvidia_mps", "--sdk_container_image", IMAGE,
+      "--sdk_location", "container", "--experiments=no_use_multiple_sdk_containers"],
+     "use_nvidia_mps expected several SDK processes .* got "
+     "--experiments=no_use_multiple_sdk_containers"),
     (["--dataflow_service_options", GPU],
      "--sdk_container_image: expected the GPU image"),
     (["--dataflow_service_options", GPU, "--sdk_location", "container",
