@@ -59,34 +59,20 @@ def select(paths: Sequence[str], spec: Any, limit: int) -> Tuple[List[bytes], Li
 
 
 def prefix_graph(stage: str, spec: Any, batch: int, options: Any, cpu: bool) -> Any:
-    """The product's graph up to ``stage`` (decode, or decode + resize + crop), ending in a
-    per-image mean so that only a few bytes come back."""
+    """The product's graph up to ``stage`` (its own decode, or decode + resize + crop, from
+    gpu_preprocess), ending in a per-image mean so that only a few bytes come back."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from transforms.runtime.gpu_preprocess import _INTERP
-
-    decoder = {"device": "cpu"} if cpu else {"device": "mixed",
-                                              "hw_decoder_load": options.hw_decoder_load}
-    rh, rw = spec.resize_size
-    interp = getattr(types, _INTERP[spec.interpolation])
+    from transforms.runtime.gpu_preprocess import decode, resize_and_crop
 
     @pipeline_def(batch_size=batch, num_threads=options.threads,
                   device_id=None if cpu else options.device_id, exec_async=False,
                   exec_pipelined=False, prefetch_queue_depth=1)
     def graph():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, batch=True)
-        img = fn.decoders.image(encoded, output_type=types.RGB, jpeg_fancy_upsampling=True,
-                                **decoder)
-        if stage == "decode_resize_crop":      # as DaliPreprocessor's graph does them
-            if spec.resize_policy == "exact":
-                img = fn.resize(img, resize_x=rw, resize_y=rh, interp_type=interp,
-                                antialias=True)
-            elif spec.resize_policy == "shorter_side":
-                img = fn.resize(img, resize_x=rw, resize_y=rh, mode="not_smaller",
-                                interp_type=interp, antialias=True)
-            if spec.crop == "center":
-                img = fn.crop(img, crop=(spec.height, spec.width), crop_pos_x=0.5,
-                              crop_pos_y=0.5, out_of_bounds_policy="error")
+        img = decode(encoded, options, cpu)
+        if stage == "decode_resize_crop":
+            img = resize_and_crop(img, spec)
         return fn.reductions.mean(img, dtype=types.FLOAT)
 
     pipe = graph()
