@@ -63,14 +63,12 @@ def prefix_graph(stage: str, spec: Any, batch: int, options: Any, cpu: bool) -> 
     gpu_preprocess), ending in a per-image mean so that only a few bytes come back."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from transforms.runtime.gpu_preprocess import decode, resize_and_crop
+    from transforms.runtime.gpu_preprocess import decode, pipeline_settings, resize_and_crop
 
-    @pipeline_def(batch_size=batch, num_threads=options.threads,
-                  device_id=None if cpu else options.device_id, exec_async=False,
-                  exec_pipelined=False, prefetch_queue_depth=1)
+    @pipeline_def(**pipeline_settings(batch, options, cpu))
     def graph():
-        encoded = fn.external_source(name="encoded", dtype=types.UINT8, batch=True)
-        img = decode(encoded, options, cpu)
+        img = decode(fn.external_source(name="encoded", dtype=types.UINT8, batch=True),
+                     options, cpu)
         if stage == "decode_resize_crop":
             img = resize_and_crop(img, spec)
         return fn.reductions.mean(img, dtype=types.FLOAT)

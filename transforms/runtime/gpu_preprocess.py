@@ -19,7 +19,7 @@ import ctypes
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -83,6 +83,14 @@ def _dali() -> Tuple[Any, Any, Any]:
     return fn, pipeline_def, types
 
 
+def pipeline_settings(max_batch: int, options: DaliOptions, cpu_only: bool) -> Dict[str, Any]:
+    """How every DALI pipeline here runs: one iteration per call, nothing prefetched (the
+    caller feeds each batch and waits for it), on the placed GPU or DALI's CPU backend."""
+    return {"batch_size": max_batch, "num_threads": options.threads,
+            "device_id": None if cpu_only else options.device_id, "exec_async": False,
+            "exec_pipelined": False, "prefetch_queue_depth": 1}
+
+
 def decode(encoded: Any, options: DaliOptions, cpu_only: bool = False) -> Any:
     """The graph's decode to RGB: nvJPEG (``mixed``) on the GPU, libjpeg-turbo on DALI's CPU
     backend. Fancy upsampling makes the chroma come out as libjpeg-turbo's (Pillow's);
@@ -139,9 +147,7 @@ class DaliPreprocessor:
                      "uint8": types.UINT8}[spec.input_dtype]
         interp = getattr(types, _INTERP[spec.interpolation])
 
-        @pipeline_def(batch_size=max_batch, num_threads=options.threads,
-                      device_id=None if cpu_only else options.device_id, exec_async=False,
-                      exec_pipelined=False, prefetch_queue_depth=1)
+        @pipeline_def(**pipeline_settings(max_batch, options, cpu_only))
         def graph():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, batch=True)
             img = decode(encoded, options, cpu_only)
