@@ -97,7 +97,8 @@ def configure(argv: Sequence[str]) -> Tuple[PipelineOptions, RunConfig]:
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; see python -m pipeline.main --help")
     options = PipelineOptions(list(argv))
-    cfg = config_from_options(options.view_as(InferenceOptions))
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    cfg = config_from_options(options.view_as(InferenceOptions), remote=not is_local(runner))
     preflight(options, cfg)
     cfg = apply_folded_engine(cfg)
     return options, cfg

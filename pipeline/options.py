@@ -208,8 +208,9 @@ def unknown_flags(argv: Sequence[str]) -> List[str]:
     return [u for u in unknown if u.startswith("-")]
 
 
-def config_from_options(opts: InferenceOptions) -> RunConfig:
-    """Build and validate the one RunConfig for this run."""
+def config_from_options(opts: InferenceOptions, remote: bool = False) -> RunConfig:
+    """Build and validate the one RunConfig for this run (``remote``: the work runs on
+    Dataflow's workers, not here)."""
     spec = ModelSpec.from_json(opts.model_spec) if opts.model_spec else OPEN_NSFW_SPEC
     if opts.model is not None and opts.model_spec is None:
         raise ConfigError("--model_spec: expected a spec JSON for --model "
@@ -237,7 +238,7 @@ def config_from_options(opts: InferenceOptions) -> RunConfig:
         skip_scored=tuple(opts.skip_scored or ()),
         run_id=opts.run_id or new_run_id(),
         preprocess=resolve_preprocess(opts.preprocess, opts.backend,
-                                      tuple(_csv(opts.onnx_providers))),
+                                      tuple(_csv(opts.onnx_providers)), remote),
         dali=_dali_options(opts),
         gpu_device=opts.gpu_device,
         narrow_gpus=opts.narrow_gpus,
@@ -268,14 +269,18 @@ def apply_folded_engine(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, spec=wire_spec(spec))
 
 
-def resolve_preprocess(choice: str, backend: str, onnx_providers: Tuple[str, ...] = ()) -> str:
+def resolve_preprocess(choice: str, backend: str, onnx_providers: Tuple[str, ...] = (),
+                       remote: bool = False) -> str:
     """--preprocess auto: gpu when the model runs on the GPU (TensorRT, or ONNX Runtime
-    with the CUDA EP first) and DALI imports, else cpu."""
+    with the CUDA EP first) and DALI is there, else cpu. Where the work runs decides: a
+    local run asks whether DALI imports here; a remote one (Dataflow) runs in the GPU
+    container, which installs the dali extra (tensor_rt.dockerfile), whatever the launcher
+    has. Before, a launcher without DALI sent Dataflow's GPU workers down the Pillow path."""
     if choice != "auto":
         return choice
     on_gpu = backend == "tensorrt" or (backend == "onnx" and onnx_providers[:1] ==
                                        ("CUDAExecutionProvider",))
-    return "gpu" if on_gpu and dali_available() else "cpu"
+    return "gpu" if on_gpu and (remote or dali_available()) else "cpu"
 
 
 def _dali_options(opts) -> DaliOptions:

@@ -59,9 +59,11 @@ def test_dataflow_dry_run_job(gcs_emulator, gcs_client, monkeypatch):
     assert not any(b"dataflow_python_sdk.tar" in s for s in staged)  # SDK comes from the image
     top = {t.unique_name for t in job.proto_pipeline.components.transforms.values()
            if "/" not in t.unique_name}
-    assert {"ReadImages", "DecodeImage", "Preprocess", "RunInference", "Postprocess",
-            "BundleMetrics", "WritePredictions", "WriteDeadLetters",
-            "WriteBundleMetrics"} <= top
+    # --preprocess auto on Dataflow: the GPU path, whether or not this launcher has DALI
+    # (the workers' container does), with its Pillow branches beside it
+    assert {"ReadImages", "RouteForGpu", "RunInferenceGpu", "SplitGpuResults",
+            "PostprocessGpu", "WritePredictionsGpu", "RunInferenceCpu",
+            "RunInferenceFallback", "WriteDeadLetters", "WriteBundleMetricsGpu"} <= top
 
 
 def test_run_dataflow_sh_dry_run():

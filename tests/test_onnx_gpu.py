@@ -53,3 +53,9 @@ def test_preprocess_gpu_with_onnx_needs_the_cuda_ep_first(tmp_path):
         configure(base)
     assert resolve_preprocess("gpu", "onnx", ("CPUExecutionProvider",)) == "gpu"
     assert resolve_preprocess("auto", "onnx", ("CPUExecutionProvider",)) == "cpu"
+    # remote (Dataflow): the workers' GPU container has DALI, whatever this launcher has
+    cuda = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert resolve_preprocess("auto", "onnx", cuda, remote=True) == "gpu"
+    assert resolve_preprocess("auto", "tensorrt", remote=True) == "gpu"
+    assert resolve_preprocess("auto", "onnx", ("CPUExecutionProvider",), remote=True) == "cpu"
+    assert resolve_preprocess("cpu", "tensorrt", remote=True) == "cpu"
