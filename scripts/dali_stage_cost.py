@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import json
 import os
 import statistics
@@ -44,13 +45,14 @@ def select(paths: Sequence[str], spec: Any, limit: int) -> Tuple[List[bytes], Li
     limits = DecodeLimits()
     data, pixels = [], []
     for path in paths:
-        raw = open(path, "rb").read()
+        with open(path, "rb") as f:
+            raw = f.read()
         try:
             if not gpu_decodable(raw, spec, limits):
                 continue
         except Exception:  # noqa: BLE001 - a file the CPU path would dead-letter
             continue
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(raw)) as img:     # the header only, from the bytes read
             pixels.append(img.size[0] * img.size[1])
         data.append(raw)
         if len(data) == limit:

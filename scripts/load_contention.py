@@ -147,11 +147,11 @@ def parse_decoder(pairs: List[str]) -> Optional[Dict[str, Any]]:
     Python literals (0, 0.5, True) or kept as text; None if one is not of that shape."""
     import ast
 
+    raw = parse_env(pairs)
+    if raw is None or not all(name.isidentifier() for name in raw):
+        return None
     args: Dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name.isidentifier():
-            return None
+    for name, text in raw.items():
         try:
             args[name] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
