@@ -218,26 +218,45 @@ def test_gpus_runs_split_over_two_calls_and_merged(tmp_path):
 
 
 def test_fixed_time_and_the_images_a_speedup_needs():
-    """The seventh session's 4M runs on two H200s: 27.3 s and 58.3 s outside the scoring
-    stages, which ran at 11,222 and 21,780 images/s; 1.59x end to end at 4M, 1.7x from
-    about 6.5M images per worker, and never 2.0x (the stages' own ratio is 1.94)."""
+    """The seventh session's 4M runs on two H200s: end to end 10,423 and 16,533 images/s,
+    steady 11,548 and 23,127, so 37.4 s and 69.0 s that do not grow with the images; 1.7x
+    from about 6.1M images per worker, and never 2.0x (the steady ratio is 2.003)."""
     from pipeline.benchmark.gpus import fixed_seconds, images_for_speedup, summarize_runs
 
-    one = {"ok": 4000000, "images_per_s": 10423.0, "main_stage_s": 356.434,
-           "main_stage_images_per_s": 11222.3, "images_by_device": {"cuda:0": 4000000}}
-    two = {"ok": 4000000, "images_per_s": 16533.4, "main_stage_s": 183.653,
-           "main_stage_images_per_s": 21780.2,
+    one = {"ok": 4000000, "images_per_s": 10423.0, "steady_images_per_s": 11548.0,
+           "main_stage_s": 356.434, "main_stage_images_per_s": 11222.3,
+           "images_by_device": {"cuda:0": 4000000}}
+    two = {"ok": 4000000, "images_per_s": 16533.4, "steady_images_per_s": 23127.0,
+           "main_stage_s": 183.653, "main_stage_images_per_s": 21780.2,
            "images_by_device": {"cuda:0": 2000382, "cuda:1": 1999618}}
-    assert fixed_seconds(one) == 27.3 and fixed_seconds(two) == 58.3
-    assert 6.4e6 < images_for_speedup(one, two, 1.7) < 6.6e6
+    assert fixed_seconds(one) == 37.4 and fixed_seconds(two) == 69.0
+    assert 6.0e6 < images_for_speedup(one, two, 1.7) < 6.2e6
     assert images_for_speedup(one, two, 1.5) < 4e6     # already past it at 4M
-    assert images_for_speedup(one, two, 2.0) is None
-    assert fixed_seconds({"ok": 10, "images_per_s": 5.0}) is None    # no stage table
+    assert images_for_speedup(one, two, 2.01) is None
+    assert fixed_seconds({"ok": 10, "images_per_s": 5.0}) is None    # no rate to grow by
     record = {"runs": {"one_gpu": dict(one), "all_gpus": dict(two)}}
     summarize_runs(record, 2)
-    assert record["runs"]["all_gpus"]["fixed_s"] == 58.3
+    assert record["runs"]["all_gpus"]["fixed_s"] == 69.0
     assert set(record["images_for_speedup"]) == {"1.5", "1.7", "1.9"}
     assert record["images_for_speedup"]["1.7"] == images_for_speedup(one, two, 1.7)
+
+
+def test_fixed_time_prefers_the_steady_rate_to_the_runner_stage():
+    """The eighth session's 8M two-GPU run: the runner's scoring stage opened before the
+    models had loaded (386.6 s, against 351.7 s from first prediction to last bundle), so
+    the stage would leave it 17.0 s outside, less than the one-GPU run's 27.6 s. The steady
+    rate gives 40.5 s and 55.8 s, and 1.7x from about 4.1M images."""
+    from pipeline.benchmark.gpus import fixed_seconds, images_for_speedup
+
+    one = {"ok": 8000000, "images_per_s": 10855.1, "steady_images_per_s": 11486.7,
+           "main_stage_s": 709.333, "main_stage_images_per_s": 11278.2}
+    two = {"ok": 8000000, "images_per_s": 19823.0, "steady_images_per_s": 23000.8,
+           "main_stage_s": 386.605, "main_stage_images_per_s": 20693.0}
+    assert fixed_seconds(one) == 40.5 and fixed_seconds(two) == 55.8
+    stage_only = {k: v for k, v in two.items() if k != "steady_images_per_s"}
+    assert fixed_seconds(stage_only) == 17.0           # the stage's figure, kept as a fallback
+    assert 4.0e6 < images_for_speedup(one, two, 1.7) < 4.3e6
+    assert 14e6 < images_for_speedup(one, two, 1.9) < 16e6
 
 
 def test_pipeline_ratios_table_and_report(tmp_path, capsys):
