@@ -251,15 +251,22 @@ PY
       python scripts/dali_vs_pillow.py "$d/imagenet-*.jpg" samples/*.jpg --gpu \
         --json "$OUT/dali-vs-pillow-gpu.json" 2>&1 | grep -E "^\||mean pixel" | tee "$OUT/dali-agree.log" ;;
     dali-stages)  # issue 10: where a DALI batch's time goes, decode / resize and crop / the
-                  # rest of the graph, in one process: 1,000 uploads photos, then imagenet's 500
+                  # rest of the graph, in one process, and the CPU path's cost on one core for
+                  # the same JPEGs: 1,000 uploads photos whole and by kind, then imagenet's 500
       trt_env
       d=$W/corpus-uploads-1k
       [ -f $d/corpus.json ] || python scripts/make_corpus.py --profile uploads --count 1000 \
         --output $d > /dev/null
       python scripts/dali_stage_cost.py "$d/uploads-*" --label "uploads, 1,000 generated, $GPU_TAG" \
-        --json "$OUT/dali-stages-uploads-$GPU_TAG.json" 2>&1 | grep -E "^\||rror"
+        --cpu_path 64 --json "$OUT/dali-stages-uploads-$GPU_TAG.json" 2>&1 | grep -E "^\||rror"
+      for kind in baseline:0:1 baseline:1:4 baseline:4: progressive::; do
+        IFS=: read -r jpeg lo hi <<< "$kind"
+        python scripts/dali_stage_cost.py "$d/uploads-*" --jpeg $jpeg --megapixels "$lo:$hi" \
+          --images 256 --cpu_path 64 --label "uploads $jpeg $lo-$hi MP, $GPU_TAG" \
+          --json "$OUT/dali-stages-uploads-$jpeg-${lo:-0}-${hi:-up}-$GPU_TAG.json" 2>&1 | grep -E "^\||rror"
+      done
       python scripts/dali_stage_cost.py "$(corpus_500)/imagenet-*" --label "imagenet, 500, $GPU_TAG" \
-        --json "$OUT/dali-stages-imagenet-$GPU_TAG.json" 2>&1 | grep -E "^\||rror" ;;
+        --cpu_path 128 --json "$OUT/dali-stages-imagenet-$GPU_TAG.json" 2>&1 | grep -E "^\||rror" ;;
     links)        # LINKS_TOTAL distinct URIs over the imagenet corpus's photos, hard links in
                   # corpus-imagenet$LINKS_SUFFIX (a run of millions without millions of photos)
       trt_env

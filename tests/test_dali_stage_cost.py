@@ -49,3 +49,46 @@ def test_the_script_on_dalis_cpu_backend(tmp_path):
     assert [r["stage"] for r in got["rows"]] == list(dali_stage_cost.STAGES)
     assert all(r["images_per_s"] > 0 for r in got["rows"])
     assert "| decode |" in run.stdout
+
+
+def test_megapixel_bands_parse_with_open_sides():
+    assert dali_stage_cost.parse_band("1:4") == (1.0, 4.0)
+    assert dali_stage_cost.parse_band("4:") == (4.0, float("inf"))
+    assert dali_stage_cost.parse_band(":0.5") == (0.0, 0.5)
+    for bad, why in (("4", "MIN:MAX"), ("a:b", "numbers"), ("4:1", "MIN < MAX")):
+        with pytest.raises(Exception, match=why):
+            dali_stage_cost.parse_band(bad)
+
+
+def _jpeg(size, progressive: bool) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 30, 200)).save(buf, "JPEG", quality=85, progressive=progressive)
+    return buf.getvalue()
+
+
+def test_select_takes_one_kind_and_band_and_the_cpu_path_is_timed(tmp_path):
+    """Progressive and baseline JPEGs of two sizes: each filter keeps only its own, with
+    their pixel counts, and the CPU path's one-core timing runs the product's decode."""
+    from transforms.spec import OPEN_NSFW_SPEC
+
+    files = {"small-base.jpg": ((400, 300), False), "big-base.jpg": ((1600, 1200), False),
+             "small-prog.jpg": ((400, 300), True), "big-prog.jpg": ((1600, 1200), True)}
+    for name, (size, progressive) in files.items():
+        (tmp_path / name).write_bytes(_jpeg(size, progressive))
+    paths = sorted(str(p) for p in tmp_path.iterdir())
+
+    def picked(**kw):
+        data, pixels = dali_stage_cost.select(paths, OPEN_NSFW_SPEC, 10, **kw)
+        return sorted(pixels), [dali_stage_cost.jpeg_kind(d) for d in data]
+
+    assert picked()[0] == [120000, 120000, 1920000, 1920000]
+    assert picked(kind="progressive") == ([120000, 1920000], ["progressive"] * 2)
+    assert picked(kind="baseline", band=(1.0, float("inf"))) == ([1920000], ["baseline"])
+    assert picked(band=(0.0, 1.0))[0] == [120000, 120000]
+    data, _ = dali_stage_cost.select(paths, OPEN_NSFW_SPEC, 10)
+    seconds = dali_stage_cost.time_cpu_path(data, OPEN_NSFW_SPEC, passes=2)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
