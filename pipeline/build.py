@@ -203,7 +203,8 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig,
     predictions: List[Tuple[str, beam.PCollection]] = []
     if cfg.preprocess == "gpu":
         routed = read.images | "RouteForGpu" >> beam.ParDo(
-            RouteForGpu(cfg.spec, cfg.limits, cfg.dali.max_megapixels)).with_outputs(
+            RouteForGpu(cfg.spec, cfg.limits, cfg.dali.max_megapixels,
+                        cfg.dali.progressive_on_gpu)).with_outputs(
                 DEAD_LETTER, CPU_PATH, main="gpu")
         gpu_handler = gpu_handler or NumpyModelHandler(
             scoring_loader(cfg), min_batch_size=cfg.min_batch_size,

@@ -146,6 +146,11 @@ class InferenceOptions(PipelineOptions):
                             "path, which decodes them at a reduced DCT scale (nvJPEG decodes "
                             "every pixel). Default: none, every decodable JPEG goes to DALI. "
                             "Not yet measured on a GPU.")
+        g.add_argument("--dali_progressive", choices=("gpu", "cpu"), default="gpu",
+                       help="With --preprocess gpu, where progressive JPEGs go: gpu (DALI; "
+                            "the hardware JPEG engines do not take them, so nvJPEG decodes "
+                            "them partly on DALI's CPU threads) or cpu (the Pillow path, at a "
+                            "reduced DCT scale). Default gpu. Not yet measured on a GPU.")
         g.add_argument("--max_failed_fraction", type=float,
                        default=_default("max_failed_fraction"),
                        help="Fail the run (non-zero exit, after every output is written) when "
@@ -287,6 +292,7 @@ def _dali_options(opts) -> DaliOptions:
     try:
         return DaliOptions(hw_decoder_load=opts.dali_hw_decoder_load, threads=opts.dali_threads,
                            pillow_resize=opts.dali_resize == "pillow",
-                           max_megapixels=opts.dali_max_megapixels)
+                           max_megapixels=opts.dali_max_megapixels,
+                           progressive_on_gpu=opts.dali_progressive == "gpu")
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -108,6 +108,7 @@ for step in "$@"; do
                                     # more benchmark flags (--rows, --cpu_corpus, --gpu_pipeline_args);
                                     # BENCH_TAG: appended to the JSON's name, e.g. BENCH_TAG=-cap4
                                     # BENCH_EXTRA="--rows gpu --gpu_pipeline_args=--dali_max_megapixels=4"
+                                    # BENCH_EXTRA="--rows gpu --gpu_pipeline_args=--dali_progressive=cpu"
       trt_env; c=${step#bench-}
       $PIN python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
         --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c${BENCH_SUFFIX:-} --corpus_name $c \

@@ -89,6 +89,25 @@ def test_jpegs_above_the_megapixel_cap_take_the_cpu_path():
     p.run().wait_until_finish()
 
 
+def test_progressive_jpegs_take_the_cpu_path_when_asked():
+    """--dali_progressive cpu: a progressive JPEG (frame 0xC2) goes to Pillow, a baseline one
+    of the same pixels still to DALI; by default both go to DALI."""
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 240), (200, 90, 10)).save(buf, "JPEG", quality=85, progressive=True)
+    progressive, baseline = buf.getvalue(), jpeg_bytes((320, 240))
+    assert gpu_decodable(progressive, OPEN_NSFW_SPEC, LIMITS)
+    assert not gpu_decodable(progressive, OPEN_NSFW_SPEC, LIMITS, progressive=False)
+    assert gpu_decodable(baseline, OPEN_NSFW_SPEC, LIMITS, progressive=False)
+    p = TestPipeline()
+    out = (p | beam.Create([Item("p.jpg", progressive), Item("b.jpg", baseline)])
+           | beam.ParDo(RouteForGpu(OPEN_NSFW_SPEC, LIMITS, progressive=False)).with_outputs(
+               DEAD_LETTER, CPU_PATH, main="gpu"))
+    assert_that(out.gpu | "g" >> beam.Map(lambda i: i.uri), equal_to(["b.jpg"]), label="g")
+    assert_that(out[CPU_PATH] | "c" >> beam.Map(lambda i: i.uri), equal_to(["p.jpg"]),
+                label="c")
+    p.run().wait_until_finish()
+
+
 def test_route_dofn_outputs():
     items = [Item("good.jpg", jpeg_bytes()), Item("a.png", (SAMPLES / "horse_rgba.png").read_bytes()),
              Item("cut.jpg", truncated_jpeg())]

@@ -80,6 +80,14 @@ def test_dali_resize_chooses_pillows_two_passes_and_nothing_else():
         _cfg(["--input", "a/*", "--output", "o", "--dali_resize", "bicubic"])
 
 
+def test_dali_progressive_goes_to_the_gpu_by_default():
+    assert _cfg(["--input", "a/*", "--output", "o"]).dali.progressive_on_gpu is True
+    cfg = _cfg(["--input", "a/*", "--output", "o", "--dali_progressive", "cpu"])
+    assert cfg.dali.progressive_on_gpu is False
+    with pytest.raises(SystemExit):
+        _cfg(["--input", "a/*", "--output", "o", "--dali_progressive", "maybe"])
+
+
 def test_dali_max_megapixels_is_off_by_default_and_must_be_positive():
     from transforms.spec import ConfigError
 

@@ -54,6 +54,12 @@ class DaliOptions:
     # pixel-bound at about 2 GP/s on both corpora (docs/benchmarks.md). None: every
     # decodable JPEG goes to DALI. Not yet measured on the GPU, so off by default.
     max_megapixels: Optional[float] = None
+    # Progressive JPEGs to DALI (True) or to the Pillow path. The hardware JPEG engines do
+    # not take them, so nvJPEG's hybrid decoder does their Huffman stage on DALI's few CPU
+    # threads per process and every pixel on the GPU, where Pillow decodes them at a
+    # reduced DCT scale. A fifth of the uploads corpus is progressive. On DALI until
+    # scripts/dali_stage_cost.py --jpeg progressive --cpu_path has measured both on a GPU.
+    progressive_on_gpu: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hw_decoder_load <= 1.0:
