@@ -58,9 +58,10 @@ def parse_band(text: str) -> Tuple[float, float]:
 
 def jpeg_kind(raw: bytes) -> str:
     """'progressive' or 'baseline' (any sequential Huffman frame), from the frame header."""
+    from transforms.gpu_route import PROGRESSIVE
     from transforms.jpeg_structure import check_jpeg_structure
 
-    return "progressive" if check_jpeg_structure(raw) == 0xC2 else "baseline"
+    return "progressive" if check_jpeg_structure(raw) == PROGRESSIVE else "baseline"
 
 
 def select(paths: Sequence[str], spec: Any, limit: int, kind: str = "any",
