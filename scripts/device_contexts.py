@@ -68,8 +68,9 @@ def child(engine: str, jpegs: List[str], device: int, variant: str) -> Dict[str,
                       "contexts_mib": held_mib(os.getpid(), handles)})
         return value
 
-    import numpy as np
+    from pathlib import Path
 
+    from transforms.runtime.batching import stack_encoded
     from transforms.runtime.gpu_preprocess import DaliOptions, DaliPreprocessor
     from transforms.runtime.tensorrt.gpu_runner import ENCODED, TrtDaliRunner
     from transforms.runtime.tensorrt.runner import TrtLoader
@@ -82,10 +83,7 @@ def child(engine: str, jpegs: List[str], device: int, variant: str) -> Dict[str,
     pre = step("DALI pipeline build", lambda: DaliPreprocessor(
         OPEN_NSFW_SPEC, runner.info().max_batch, options))
     both = TrtDaliRunner(runner, pre)
-    batch = np.empty(len(jpegs), dtype=object)
-    for i, path in enumerate(jpegs):
-        with open(path, "rb") as f:
-            batch[i] = np.frombuffer(f.read(), np.uint8)
+    batch = stack_encoded([Path(p).read_bytes() for p in jpegs], ENCODED)
     step("first batch, loading thread", lambda: both.infer({ENCODED: batch}))
 
     def other_thread() -> None:      # Beam's DoFn threads are not the thread that loaded
