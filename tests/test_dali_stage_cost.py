@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, SAMPLES
+from tests.images import encode
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import dali_stage_cost  # noqa: E402 - the script, imported from its folder
@@ -60,25 +61,18 @@ def test_megapixel_bands_parse_with_open_sides():
             dali_stage_cost.parse_band(bad)
 
 
-def _jpeg(size, progressive: bool) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", size, (120, 30, 200)).save(buf, "JPEG", quality=85, progressive=progressive)
-    return buf.getvalue()
-
-
 def test_select_takes_one_kind_and_band_and_the_cpu_path_is_timed(tmp_path):
     """Progressive and baseline JPEGs of two sizes: each filter keeps only its own, with
     their pixel counts, and the CPU path's one-core timing runs the product's decode."""
+    from PIL import Image
+
     from transforms.spec import OPEN_NSFW_SPEC
 
     files = {"small-base.jpg": ((400, 300), False), "big-base.jpg": ((1600, 1200), False),
              "small-prog.jpg": ((400, 300), True), "big-prog.jpg": ((1600, 1200), True)}
     for name, (size, progressive) in files.items():
-        (tmp_path / name).write_bytes(_jpeg(size, progressive))
+        (tmp_path / name).write_bytes(encode(Image.new("RGB", size, (120, 30, 200)), "JPEG",
+                                             quality=85, progressive=progressive))
     paths = sorted(str(p) for p in tmp_path.iterdir())
 
     def picked(**kw):

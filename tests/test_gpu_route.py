@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.conftest import SAMPLES
 from tests.hostile_images import HOSTILE, LEGIT
-from tests.images import jpeg_bytes, png_header_only, truncated_jpeg
+from tests.images import encode, jpeg_bytes, png_header_only, truncated_jpeg
 from transforms.decode import ImageTooLarge, UndecodableImage
 from transforms.gpu_route import CPU_PATH, RouteForGpu, gpu_decodable
 from transforms.records import DEAD_LETTER, Item
@@ -92,9 +92,9 @@ def test_jpegs_above_the_megapixel_cap_take_the_cpu_path():
 def test_progressive_jpegs_take_the_cpu_path_when_asked():
     """--dali_progressive cpu: a progressive JPEG (frame 0xC2) goes to Pillow, a baseline one
     of the same pixels still to DALI; by default both go to DALI."""
-    buf = io.BytesIO()
-    Image.new("RGB", (320, 240), (200, 90, 10)).save(buf, "JPEG", quality=85, progressive=True)
-    progressive, baseline = buf.getvalue(), jpeg_bytes((320, 240))
+    progressive = encode(Image.new("RGB", (320, 240), (200, 90, 10)), "JPEG", quality=85,
+                         progressive=True)
+    baseline = jpeg_bytes((320, 240))
     assert gpu_decodable(progressive, OPEN_NSFW_SPEC, LIMITS)
     assert not gpu_decodable(progressive, OPEN_NSFW_SPEC, LIMITS, progressive=False)
     assert gpu_decodable(baseline, OPEN_NSFW_SPEC, LIMITS, progressive=False)
