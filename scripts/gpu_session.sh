@@ -99,6 +99,10 @@ for step in "$@"; do
         --fp16 --min_batch 32 --opt_batch 32 --max_batch 32 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log"
       [ -z "${FOLDED:-}" ] || [ -f $ENG/nsfw-b64-folded.fp16.plan ] || python $BUILD --onnx "$NSFW" --output $ENG/nsfw-b64-folded.fp16.plan \
         --fp16 --opt_batch 32 --max_batch 64 --fold_spec open_nsfw 2>&1 | tail -2 | tee -a "$OUT/build-nsfw.log" ;;
+    nsfw-fp32)    # open_nsfw in strict fp32 (no TF32), profile 1/32/64: what fp16 moves the scores
+      trt_env
+      [ -f $ENG/nsfw-b64.fp32.plan ] || python $BUILD --onnx "$(nsfw_onnx)" --output $ENG/nsfw-b64.fp32.plan \
+        --no-tf32 --opt_batch 32 --max_batch 64 2>&1 | tail -2 | tee "$OUT/build-nsfw-fp32.log" ;;
     dali-test)
       trt_env
       REPORT_DIR=$OUT TRT_ENGINE_DIR=$ENG python -m pytest -m gpu -ra -q -p no:cacheprovider \
@@ -217,12 +221,13 @@ PY
       done ;;
     trt-scores)   # the TensorRT GPU path's scores on 500 imagenet photos (ort-gpu compares).
                   # SCORES_ARGS: more pipeline flags for both (e.g. --dali_hw_decoder_load=1.0),
-                  # SCORES_TAG names their output dirs; a tagged run is compared with the untagged
+                  # SCORES_TAG names their output dirs; a tagged run is compared with the untagged.
+                  # SCORES_PLAN: another plan in the engine folder (nsfw-b64.fp32 from nsfw-fp32)
       trt_env; build_b64 "$OUT/build-nsfw.log"
       t=${SCORES_TAG:-}
       rm -rf $W/trt-gpu$t
       python -m pipeline.main --input "$W/corpus-imagenet/imagenet-000[0-4]*.jpg" --output $W/trt-gpu$t \
-        --backend tensorrt --engine $ENG/nsfw-b64.fp16.plan --preprocess gpu ${SCORES_ARGS:-} 2>&1 \
+        --backend tensorrt --engine $ENG/${SCORES_PLAN:-nsfw-b64.fp16}.plan --preprocess gpu ${SCORES_ARGS:-} 2>&1 \
         | grep -E "summary|^error" | tee "$OUT/trt-scores$t.log"
       [ -z "$t" ] || [ ! -d $W/trt-gpu ] || python -m pipeline.compare $W/trt-gpu $W/trt-gpu$t --label nsfw \
         --json "$OUT/trt-gpu-vs-trt-gpu$t.json" 2>&1 | tail -3 | tee -a "$OUT/trt-scores$t.log" ;;

@@ -175,9 +175,9 @@ def test_dali_batch_reaches_onnx_runtime_through_iobinding(dali_on_cuda_ep, tmp_
     assert max(diffs.values()) <= 0.05, diffs
 
 
-def test_onnx_dali_runner_binds_device_memory_and_frees_it(dali_on_cuda_ep, tmp_path):
+def test_onnx_dali_runner_binds_device_memory_and_frees_it(dali_on_cuda_ep, tmp_path, report):
     """Batches of 1, 7 and 32 (the buffers' size) through the runner itself; outputs are
-    host copies; closing frees the device buffers."""
+    host copies; device memory stops growing once the pools are warm."""
     from transforms.runtime import cuda
     from transforms.runtime.gpu_preprocess import DaliOptions
     from transforms.runtime.onnx_gpu import OnnxDaliLoader
@@ -208,11 +208,16 @@ def test_onnx_dali_runner_binds_device_memory_and_frees_it(dali_on_cuda_ep, tmp_
             assert probs.shape[0] == n and np.isfinite(probs).all()
             assert probs.flags.owndata or probs.base is None
         # ONNX Runtime's arena grows on the first batch of each size (measured on the H200:
-        # +720 MB over the sizes 1, 7 and 32); after that, repeating them must not grow
-        warm = cuda.memory_used(0)
-        for _ in range(5):
+        # +720 MB over the sizes 1, 7 and 32), and ONNX Runtime's and DALI's pools may extend
+        # once more in the next rounds (+66 MiB over rounds 1-5 on the H200, 2026-12-01). A
+        # leak grows every round: one batch's float32 input alone is 19 MB, so the second
+        # half of twelve rounds must stay within 16 MiB
+        used = [cuda.memory_used(0)]
+        for _ in range(12):
             for n in (1, 7, 32):
                 runner.infer({ENCODED: batch(n)})
-        assert cuda.memory_used(0) <= warm + (64 << 20)
+            used.append(cuda.memory_used(0))
+        report["onnx_dali_runner_memory_mib_by_round"] = [round(u / 2**20, 1) for u in used]
+        assert used[-1] - used[6] <= 16 << 20, [u >> 20 for u in used]
     finally:
         runner.close()
