@@ -35,7 +35,10 @@ from transforms.runtime.tensorrt.runner import TrtLoader
 
 def onnx_loader(cfg: RunConfig, providers: Optional[Tuple[str, ...]] = None) -> OnnxLoader:
     spec = cfg.spec
-    return OnnxLoader(cfg.model, providers=providers or cfg.onnx_providers,
+    providers = providers or cfg.onnx_providers
+    return OnnxLoader(cfg.model, providers=providers,
+                      provider_options=tuple((p, o) for p, o in cfg.onnx_provider_options
+                                             if p in providers),
                       input_name=spec.input_name, input_dtype=spec.input_dtype,
                       example_shape=spec.input_shape(1)[1:], device=cfg.gpu_device,
                       confine=may_narrow(cfg))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from transforms.runtime.gpu_preprocess import DaliOptions
+from transforms.runtime.onnx import ProviderOptions
 from transforms.runtime.tensorrt.sidecar import DEFAULT_PROFILE
 from transforms.spec import (BACKENDS, BUNDLED_OPEN_NSFW, ONNX_PROVIDERS, OPEN_NSFW_SPEC,
                              OUTPUT_FORMATS, TRT_PRECISIONS, ConfigError, DecodeLimits,
@@ -31,6 +32,8 @@ class RunConfig:
     spec: ModelSpec = OPEN_NSFW_SPEC
     backend: str = "onnx"
     onnx_providers: Tuple[str, ...] = ("CPUExecutionProvider",)
+    # --onnx_provider_option, grouped by provider, handed to ONNX Runtime as given
+    onnx_provider_options: ProviderOptions = ()
     engine: Optional[str] = None
     min_batch_size: Optional[int] = None
     max_batch_size: Optional[int] = None
@@ -73,6 +76,18 @@ class RunConfig:
             _choice("--onnx_providers", p, ONNX_PROVIDERS)
         if not self.onnx_providers:
             raise ConfigError("--onnx_providers: expected at least one provider, got none")
+        object.__setattr__(self, "onnx_provider_options", tuple(self.onnx_provider_options))
+        for provider, options in self.onnx_provider_options:
+            if provider not in self.onnx_providers:
+                raise ConfigError(f"--onnx_provider_option {provider}: expected one of "
+                                  f"--onnx_providers {','.join(self.onnx_providers)}, "
+                                  f"got {provider}")
+            if provider == "CPUExecutionProvider":
+                # onnxruntime's Python API creates the CPU EP from the session options
+                # and drops any provider options for it without a word
+                raise ConfigError(f"--onnx_provider_option CPUExecutionProvider: expected "
+                                  f"none (onnxruntime ignores options for it), got "
+                                  f"{dict(options)}")
         if self.backend == "tensorrt" and not (self.engine or self.engine_cache):
             raise ConfigError("--backend tensorrt: expected --engine PATH or --engine_cache "
                               "PREFIX, got neither")

@@ -10,13 +10,14 @@ import argparse
 import dataclasses
 import time
 import uuid
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipeline.config import PREPROCESS_PATHS, RunConfig
 from transforms.image_bounds import BOUNDED_FORMATS
 from transforms.runtime.gpu_preprocess import DaliOptions, dali_available
+from transforms.runtime.onnx import ProviderOptions
 from transforms.spec import (BACKENDS, BUNDLED_OPEN_NSFW, OUTPUT_FORMATS, TRT_PRECISIONS,
                              ConfigError, DecodeLimits, ModelSpec, OPEN_NSFW_SPEC)
 
@@ -70,6 +71,14 @@ class InferenceOptions(PipelineOptions):
                        help="Comma-separated ONNX Runtime execution providers in priority "
                             "order: CPUExecutionProvider, CUDAExecutionProvider, "
                             "TensorrtExecutionProvider.")
+        g.add_argument("--onnx_provider_option", action="append", default=None,
+                       metavar="PROVIDER:KEY=VALUE",
+                       help="An option for one of --onnx_providers (repeatable), passed to "
+                            "ONNX Runtime as given, e.g. "
+                            "TensorrtExecutionProvider:trt_engine_cache_enable=True, "
+                            "TensorrtExecutionProvider:trt_fp16_enable=True or "
+                            "CUDAExecutionProvider:cudnn_conv_algo_search=HEURISTIC. "
+                            "ONNX Runtime reads it when the model loads.")
         g.add_argument("--engine", default=None,
                        help="TensorRT plan (local or gs://) built by pipeline.build_engine; "
                             "its sidecar <engine>.json must sit beside it.")
@@ -230,6 +239,7 @@ def config_from_options(opts: InferenceOptions, remote: bool = False) -> RunConf
         spec=spec,
         backend=opts.backend,
         onnx_providers=tuple(_csv(opts.onnx_providers)),
+        onnx_provider_options=parse_provider_options(opts.onnx_provider_option or ()),
         engine=opts.engine,
         min_batch_size=opts.min_batch_size,
         max_batch_size=opts.max_batch_size,
@@ -255,6 +265,27 @@ def config_from_options(opts: InferenceOptions, remote: bool = False) -> RunConf
         wait_until_finish=bool(opts.wait_until_finish),
         allow_empty=bool(opts.allow_empty),
     )
+
+
+def parse_provider_options(items: Sequence[str]) -> ProviderOptions:
+    """'PROVIDER:KEY=VALUE' strings, grouped by provider in the order given. Values stay
+    strings, as ONNX Runtime's Python API takes them; it parses them when the session is
+    created."""
+    grouped: Dict[str, Dict[str, str]] = {}
+    for item in items:
+        provider, sep, pair = item.partition(":")
+        key, eq, value = pair.partition("=")
+        if not (sep and eq and provider.strip() and key.strip()):
+            raise ConfigError(f"--onnx_provider_option: expected PROVIDER:KEY=VALUE, e.g. "
+                              f"CUDAExecutionProvider:cudnn_conv_algo_search=HEURISTIC, "
+                              f"got {item!r}")
+        options = grouped.setdefault(provider.strip(), {})
+        key = key.strip()
+        if key in options and options[key] != value.strip():
+            raise ConfigError(f"--onnx_provider_option: {provider.strip()}:{key} given twice, "
+                              f"expected one value, got {options[key]!r} and {value.strip()!r}")
+        options[key] = value.strip()
+    return tuple((p, tuple(o.items())) for p, o in grouped.items())
 
 
 def apply_folded_engine(cfg: RunConfig) -> RunConfig:

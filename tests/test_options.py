@@ -97,3 +97,50 @@ def test_dali_max_megapixels_is_off_by_default_and_must_be_positive():
     with pytest.raises(ConfigError, match="--dali_max_megapixels: expected a positive number, "
                                           "got 0.0"):
         _cfg(["--input", "a/*", "--output", "o", "--dali_max_megapixels", "0"])
+
+
+def test_onnx_provider_options_grouped_by_provider_and_passed_to_the_loader():
+    from pipeline.build import onnx_loader
+
+    cfg = _cfg(["--input", "a/*", "--output", "o", "--onnx_providers",
+                "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider",
+                "--onnx_provider_option", "TensorrtExecutionProvider:trt_fp16_enable=True",
+                "--onnx_provider_option", "CUDAExecutionProvider:cudnn_conv_algo_search=HEURISTIC",
+                "--onnx_provider_option",
+                "TensorrtExecutionProvider:trt_engine_cache_path=gs://b/c:d"])
+    expected = (("TensorrtExecutionProvider", (("trt_fp16_enable", "True"),
+                                               ("trt_engine_cache_path", "gs://b/c:d"))),
+                ("CUDAExecutionProvider", (("cudnn_conv_algo_search", "HEURISTIC"),)))
+    assert cfg.onnx_provider_options == expected
+    assert onnx_loader(cfg).provider_options == expected
+    # the launcher's CPU-only check of the model gets none of them
+    assert onnx_loader(cfg, providers=("CPUExecutionProvider",)).provider_options == ()
+
+
+@pytest.mark.parametrize("option,match", [
+    ("CUDAExecutionProvider", r"expected PROVIDER:KEY=VALUE.*got 'CUDAExecutionProvider'"),
+    ("CUDAExecutionProvider:device_id", r"expected PROVIDER:KEY=VALUE.*got 'CUDAExecutionProvider:device_id'"),
+    (":a=b", r"expected PROVIDER:KEY=VALUE.*got ':a=b'"),
+    ("TensorrtExecutionProvider:trt_fp16_enable=1",
+     r"--onnx_provider_option TensorrtExecutionProvider: expected one of --onnx_providers "
+     r"CUDAExecutionProvider,CPUExecutionProvider, got TensorrtExecutionProvider"),
+    ("CPUExecutionProvider:arena_extend_strategy=kSameAsRequested",
+     r"CPUExecutionProvider: expected none \(onnxruntime ignores options for it\), got "
+     r"\{'arena_extend_strategy': 'kSameAsRequested'\}"),
+])
+def test_onnx_provider_option_errors_name_flag_expected_and_actual(option, match):
+    from transforms.spec import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        _cfg(["--input", "a/*", "--output", "o", "--onnx_providers",
+              "CUDAExecutionProvider,CPUExecutionProvider", "--onnx_provider_option", option])
+
+
+def test_onnx_provider_option_given_twice_with_two_values_is_refused():
+    from transforms.spec import ConfigError
+
+    with pytest.raises(ConfigError, match=r"CUDAExecutionProvider:gpu_mem_limit given twice, "
+                                          r"expected one value, got '1' and '2'"):
+        _cfg(["--input", "a/*", "--output", "o", "--onnx_providers", "CUDAExecutionProvider",
+              "--onnx_provider_option", "CUDAExecutionProvider:gpu_mem_limit=1",
+              "--onnx_provider_option", "CUDAExecutionProvider:gpu_mem_limit=2"])

@@ -40,6 +40,28 @@ def test_cuda_ep_matches_cpu(cuda_ep, tmp_path):
     np.testing.assert_allclose(outs["cuda"], outs["cpu"], rtol=1e-4, atol=1e-5)
 
 
+def test_provider_option_flags_reach_the_cuda_ep_session(cuda_ep, tmp_path):
+    """--onnx_provider_option, from the command line to the session ONNX Runtime made:
+    the CUDA EP reports the option as set, beside the device_id placement gave it."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.build import onnx_loader
+    from pipeline.options import InferenceOptions, config_from_options
+
+    cfg = config_from_options(PipelineOptions([      # the bundled open_nsfw model
+        "--input", "x/*", "--output", str(tmp_path / "o"),
+        "--onnx_providers", "CUDAExecutionProvider",
+        "--onnx_provider_option", "CUDAExecutionProvider:cudnn_conv_algo_search=HEURISTIC",
+    ]).view_as(InferenceOptions))
+    runner = onnx_loader(cfg)()
+    try:
+        opts = runner.session.get_provider_options()["CUDAExecutionProvider"]
+        assert opts["cudnn_conv_algo_search"] == "HEURISTIC", opts
+        assert "device_id" in opts, opts
+    finally:
+        runner.close()
+
+
 def test_cuda_ep_sessions_take_the_visible_gpus_in_turn(cuda_ep, tmp_path, monkeypatch):
     """Placement gives each CUDA EP session a device_id (before, all ran on GPU 0): on one
     GPU both land on cuda:0, on two the second on cuda:1; the session runs there."""

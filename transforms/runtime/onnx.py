@@ -55,6 +55,10 @@ def declared_inputs(inputs: Sequence[Any]) -> List[DeclaredInput]:
                           else None, i.type, tuple(_dim(d) for d in i.shape)) for i in inputs]
 
 
+# (provider, ((key, value), ...)) pairs, as ONNX Runtime's providers list takes them
+ProviderOptions = Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...]
+
+
 @dataclass(frozen=True)
 class OnnxLoader:
     """Everything needed to load one ONNX model on one set of execution providers.
@@ -65,7 +69,7 @@ class OnnxLoader:
 
     model_uri: str
     providers: Tuple[str, ...] = ("CPUExecutionProvider",)
-    provider_options: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = ()
+    provider_options: ProviderOptions = ()
     input_name: Optional[str] = None
     input_dtype: Optional[str] = None
     example_shape: Optional[Tuple[int, ...]] = None
