@@ -275,16 +275,16 @@ def parse_provider_options(items: Sequence[str]) -> ProviderOptions:
     for item in items:
         provider, sep, pair = item.partition(":")
         key, eq, value = pair.partition("=")
-        if not (sep and eq and provider.strip() and key.strip()):
+        provider, key, value = provider.strip(), key.strip(), value.strip()
+        if not (sep and eq and provider and key):
             raise ConfigError(f"--onnx_provider_option: expected PROVIDER:KEY=VALUE, e.g. "
                               f"CUDAExecutionProvider:cudnn_conv_algo_search=HEURISTIC, "
                               f"got {item!r}")
-        options = grouped.setdefault(provider.strip(), {})
-        key = key.strip()
-        if key in options and options[key] != value.strip():
-            raise ConfigError(f"--onnx_provider_option: {provider.strip()}:{key} given twice, "
-                              f"expected one value, got {options[key]!r} and {value.strip()!r}")
-        options[key] = value.strip()
+        options = grouped.setdefault(provider, {})
+        if options.get(key, value) != value:
+            raise ConfigError(f"--onnx_provider_option: {provider}:{key} given twice, "
+                              f"expected one value, got {options[key]!r} and {value!r}")
+        options[key] = value
     return tuple((p, tuple(o.items())) for p, o in grouped.items())
 
 

@@ -231,9 +231,9 @@ def test_onnx_dali_runner_binds_device_memory_and_frees_it(dali_on_cuda_ep, tmp_
             assert probs.flags.owndata or probs.base is None
         # ONNX Runtime's arena grows on the first batch of each size (measured on the H200:
         # +720 MB over the sizes 1, 7 and 32), and ONNX Runtime's and DALI's pools may extend
-        # once more in the next rounds (+66 MiB over rounds 1-5 on the H200, 2026-12-01). A
-        # leak grows every round: one batch's float32 input alone is 19 MB, so the second
-        # half of twelve rounds must stay within 16 MiB
+        # once more in the next round (on the H200, 2026-12-01: +66 MiB in round 1, then flat
+        # to round 12). A leak grows every round: one batch's float32 input alone is 19 MB,
+        # so the second half of twelve rounds must stay within 16 MiB
         used = [cuda.memory_used(0)]
         for _ in range(12):
             for n in (1, 7, 32):
