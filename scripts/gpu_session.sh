@@ -5,7 +5,7 @@
 #   trt steps (after ../shared/gpu/pack-trt is unpacked): wheels export build-fp32 build-fp16 test bench pipeline
 #   (wheels: install .whl/ from scripts/gpu_wheels.sh, carried with the run as ".whl")
 #   ort step  (after ../shared/gpu/pack is unpacked):     ort
-#   ORT GPU path (pack with nvidia-dali-cuda130, after trt-scores under pack-trt): ort-gpu
+#   ORT GPU path (pack with nvidia-dali-cuda130, after trt-scores under pack-trt): ort-gpu ort-bench
 #   GPU preprocessing (pack-trt with nvidia-dali-cuda120 nvidia-ml-py):
 #     wheels corpus build-nsfw dali-test bench-imagenet bench-uploads dali-stages
 #   start-up and long runs: load-contention links (then bench-imagenet with BENCH_SUFFIX=-1m) read-join
@@ -242,9 +242,29 @@ PY
       rm -rf $W/ort-gpu$t
       "$SYS_PY" -m pipeline.main --input "$W/corpus-imagenet/imagenet-000[0-4]*.jpg" --output $W/ort-gpu$t \
         --backend onnx --onnx_providers CUDAExecutionProvider,CPUExecutionProvider --preprocess gpu \
-        ${SCORES_ARGS:-} 2>&1 | grep -E "summary|^error" | tee "$OUT/ort-gpu$t.log"
+        ${SCORES_ARGS:-} ${ORT_ARGS:-} 2>&1 | grep -E "summary|^error" | tee "$OUT/ort-gpu$t.log"
       "$SYS_PY" -m pipeline.compare $W/trt-gpu$t $W/ort-gpu$t --label nsfw --max_diff 0.02 \
         --json "$OUT/ort-gpu-vs-trt-gpu$t.json" 2>&1 | tee -a "$OUT/ort-gpu$t.log" ;;
+    ort-bench)    # the ONNX Runtime GPU path's throughput under pack (after ort-gpu): the
+                  # imagenet corpus in-process and on 16 SDK processes, batch 32 fixed, with the
+                  # CUDA EP's defaults and with each ;-separated flag set of ORT_VARIANTS
+      . /tmp/gpu-env.sh
+      export PYTHONPATH=$PWD:$W/site312:${PYTHONPATH:-}
+      IFS=';' read -ra variants <<< "${ORT_VARIANTS:-;--onnx_provider_option CUDAExecutionProvider:cudnn_conv_algo_search=HEURISTIC}"
+      for v in "${variants[@]}"; do
+        for mode in inprocess mp16; do
+          # in-process 500 photos (it ran at 5-18 images/s on 2026-12-01), 16 processes 2,000
+          extra=""; files="imagenet-000[0-4]*.jpg"
+          [ $mode = mp16 ] && extra="--direct_num_workers=16 --direct_running_mode=multi_processing" \
+            && files="imagenet-0[0-1]*.jpg"
+          rm -rf $W/ort-bench
+          echo "--- $mode ${v:-defaults}" | tee -a "$OUT/ort-bench.log"
+          timeout 240 "$SYS_PY" -m pipeline.main --input "$W/corpus-imagenet/$files" --output $W/ort-bench \
+            --backend onnx --onnx_providers CUDAExecutionProvider,CPUExecutionProvider --preprocess gpu \
+            --min_batch_size 32 --max_batch_size 32 $v $extra 2>&1 | grep -E "summary|^error" \
+            | tee -a "$OUT/ort-bench.log"
+        done
+      done ;;
     loss-check)   # the runner fix at scale: an uploads corpus (LOSS_COUNT photos) through the
                   # GPU path on 16 SDK processes, then pipeline.audit (before the fix: 206 of
                   # 10,000 lost, docs/reliability.md)
