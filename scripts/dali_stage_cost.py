@@ -103,17 +103,11 @@ def time_cpu_path(data: Sequence[bytes], spec: Any, passes: int) -> List[float]:
 
     limits = DecodeLimits()
 
-    def one_pass() -> None:
-        for raw in data:
+    def run(batch: Sequence[bytes]) -> None:
+        for raw in batch:
             preprocess(decode_image(raw, limits, spec.resize_size, spec.alpha_background),
                        spec)
-    one_pass()                                   # warm-up, as time_stage's first batch
-    out = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        one_pass()
-        out.append(time.perf_counter() - start)
-    return out
+    return time_stage(run, [list(data)], passes)   # one batch: the warm-up is a whole pass
 
 
 def prefix_graph(stage: str, spec: Any, batch: int, options: Any, cpu: bool) -> Any:
@@ -152,8 +146,7 @@ def runner_for(stage: str, spec: Any, batch: int, options: Any,
     return run
 
 
-def time_stage(run: Callable[[List[np.ndarray]], Any], batches: List[List[np.ndarray]],
-               passes: int) -> List[float]:
+def time_stage(run: Callable[[Any], Any], batches: Sequence[Any], passes: int) -> List[float]:
     """Seconds per pass over every batch, after one warm-up batch."""
     run(batches[0])
     out = []

@@ -18,8 +18,9 @@ lock, in other driver calls, running, or asleep (and those as seconds of the run
 most sampled (state, wait channel, call, device) keys as a share of all thread samples,
 with the driver's requests named (``NV_ESC_RM_CONTROL``...). The JSON has every key with its
 count. On two H200s it showed 32 loading processes each with 0.72 threads waiting for the
-driver's lock over a 43 s run: 31 of its 34.5 s load (docs/benchmarks.md, seventh session). Linux only; reading another process's
-``syscall`` needs the same user (or root), which a command and its children are.
+driver's lock over a 43 s run: 31 of its 34.5 s load (docs/benchmarks.md, seventh session).
+Linux only; reading another process's ``syscall`` needs the same user (or root), which a
+command and its children are.
 """
 
 from __future__ import annotations
